@@ -1,0 +1,5 @@
+import sys
+
+from nui.cli import main
+
+sys.exit(main())

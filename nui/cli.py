@@ -1,0 +1,81 @@
+"""The `nui` command: one entry point that hands each subcommand to the package that owns it.
+
+    nui data speech --out data/speech            build the synthesized speech corpus
+    nui data librispeech --root DIR --out m.jsonl import a LibriSpeech-layout folder
+    nui data lm --text data/speech/lm_text.txt --out data/speech/lm
+    nui train speech --nproc 2 --recipe training/speech_ctc/recipes/small.yaml [key=value ...]
+    nui eval speech --checkpoint RUN_OR_CKPT --manifest data/speech/test.jsonl --lm-dir data/speech/lm
+    nui export speech --checkpoint RUN_OR_CKPT --repo model_repository [--dev-manifest ...] [--lm-dir ...]
+    nui serve [--repo model_repository] [--port 50051]
+    nui transcribe clip.wav [--server host:port]
+
+Subcommand modules are imported only when used, so `nui serve` never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+
+# (command, task) -> "module:function" taking argv and returning an exit code.
+COMMANDS: dict[tuple[str, str | None], str] = {
+    ("data", "speech"): "training.speech_ctc.corpus:main",
+    ("data", "librispeech"): "training.speech_ctc.librispeech:main",
+    ("data", "lm"): "training.speech_ctc.lm:main",
+    ("eval", "speech"): "training.speech_ctc.evaluate:main",
+    ("export", "speech"): "nui.export:main",
+    ("serve", None): "server.main:main",
+    ("transcribe", None): "server.transcribe:main",
+}
+TRAIN_MODULES = {"speech": "training.speech_ctc"}
+
+
+def _load(target: str) -> Callable[[list[str]], int]:
+    module, func = target.split(":")
+    fn: Callable[[list[str]], int] = getattr(importlib.import_module(module), func)
+    return fn
+
+
+def train(task: str, argv: list[str]) -> int:
+    """`nui train TASK [--nproc N] ARGS...`: launch `torchrun -m training.TASK ARGS...`."""
+    nproc = "1"
+    if argv[:1] == ["--nproc"] and len(argv) > 1:
+        nproc, argv = argv[1], argv[2:]
+    elif argv and argv[0].startswith("--nproc="):
+        nproc, argv = argv[0].split("=", 1)[1], argv[1:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", TRAIN_MODULES[task], *argv]
+    return subprocess.call(cmd, env=os.environ.copy())
+
+
+def usage() -> str:
+    lines = ["usage: nui COMMAND [TASK] [ARGS...]", ""]
+    lines += [f"  nui {c}{' ' + t if t else ''}" for c, t in COMMANDS]
+    lines += [f"  nui train {t} [--nproc N] --recipe RECIPE [key=value ...]" for t in TRAIN_MODULES]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if args else 2
+    command, rest = args[0], args[1:]
+    if command == "train":
+        if not rest or rest[0] not in TRAIN_MODULES:
+            print(f"nui train: choose a task from {sorted(TRAIN_MODULES)}", file=sys.stderr)
+            return 2
+        return train(rest[0], rest[1:])
+    if (command, None) in COMMANDS:
+        return _load(COMMANDS[(command, None)])(rest)
+    if rest and (command, rest[0]) in COMMANDS:
+        return _load(COMMANDS[(command, rest[0])])(rest[1:])
+    print(usage(), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,23 @@
+"""Fixtures shared across test packages: a tiny synthesized speech corpus (built once per session)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_speech_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 train + 4 dev + 4 test clips from espeak-ng and flite voices, split by voice and sentence."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (bash scripts/setup.sh installs it)")
+    from training.speech_ctc import corpus
+
+    out = tmp_path_factory.mktemp("speech_corpus")
+    rc = corpus.main(["--out", str(out), "--sentences", "300", "--train-clips", "16", "--dev-clips", "4",
+                      "--test-clips", "4", "--augment-copies", "0", "--workers", "2",
+                      "--engine-weights", "espeak=0.75,flite=0.25,festival=0", "--seed", "3"])
+    assert rc == 0
+    return out

@@ -1,0 +1,172 @@
+"""Word error rate of a speech checkpoint on a manifest: greedy, beam + n-gram LM, and pocketsphinx 5.1.1
+on the same clips, in one run, as a table and JSON.
+
+    nui eval speech --checkpoint runs/speech_small --manifest data/speech/test.jsonl \
+        --lm-dir data/speech/lm --tune-manifest data/speech/dev.jsonl --out docs/speech_eval.json
+
+--tune-manifest picks the LM weight (alpha) and word bonus (beta) on *dev* voices; the test manifest's
+voices are then decoded with those fixed values, so the reported figure never saw its own clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from models.ctc_beam import BeamOptions, CTCBeamDecoder
+from models.ctc_text import greedy_decode, normalize_text
+from models.speech_ctc import SpeechCTC, SpeechCTCConfig, build
+from training.common.checkpoint import latest_checkpoint, read_weights
+from training.speech_ctc.manifest import Utterance, load_audio, read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+def load_model(path: Path) -> SpeechCTC:
+    """A run folder (latest checkpoint), a checkpoint folder, or a model.safetensors."""
+    if path.is_dir() and not (path / "model.safetensors").is_file():
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise ValueError(f"{path} has no checkpoints")
+        path = latest
+    if path.is_dir():
+        path = path / "model.safetensors"
+    state, name, cfg = read_weights(path)
+    if name != "speech_ctc":
+        raise ValueError(f"{path} holds a {name!r} model")
+    model = build(SpeechCTCConfig.from_dict(cfg))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+@torch.no_grad()
+def log_probs_of(model: SpeechCTC, utts: list[Utterance], batch_size: int = 16) -> tuple[list[np.ndarray], float]:
+    """Per-utterance valid-frame log-probs (FP32), and the seconds the acoustic model took."""
+    out: list[np.ndarray] = [np.empty(0)] * len(utts)
+    order = sorted(range(len(utts)), key=lambda i: utts[i].duration_s)
+    seconds = 0.0
+    for k in tqdm(range(0, len(order), batch_size), desc="acoustic model", leave=False):
+        idx = order[k:k + batch_size]
+        clips = [load_audio(utts[i].audio_filepath) for i in idx]
+        lengths = torch.tensor([len(c) for c in clips])
+        audio = torch.zeros(len(clips), int(lengths.max()))
+        for j, c in enumerate(clips):
+            audio[j, : len(c)] = torch.from_numpy(c)
+        t0 = time.perf_counter()
+        lp, n = model(audio, lengths)
+        seconds += time.perf_counter() - t0
+        for j, i in enumerate(idx):
+            out[i] = lp[j, : int(n[j])].numpy()
+    return out, seconds
+
+
+def wer_cer(refs: list[str], hyps: list[str]) -> dict[str, float]:
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps))}
+
+
+def beam_hyps(decoder: CTCBeamDecoder, lps: list[np.ndarray], frame_s: float) -> list[str]:
+    return [decoder.decode(lp, frame_s).transcript for lp in tqdm(lps, desc="beam+LM", leave=False)]
+
+
+def tune_lm(lm_dir: Path, lps: list[np.ndarray], refs: list[str], frame_s: float,
+            alphas: list[float], betas: list[float], beam_width: int) -> tuple[BeamOptions, list[dict[str, Any]]]:
+    """Grid-search alpha (LM weight) and beta (word bonus) for the lowest WER on these (dev) clips."""
+    unigrams = (lm_dir / "unigrams.txt").read_text().split()
+    grid = []
+    best: tuple[float, BeamOptions] | None = None
+    for alpha, beta in itertools.product(alphas, betas):
+        opts = BeamOptions(beam_width=beam_width, alpha=alpha, beta=beta)
+        dec = CTCBeamDecoder(lm_dir / "lm.arpa", unigrams, opts)
+        w = float(jiwer.wer(refs, beam_hyps(dec, lps, frame_s)))
+        grid.append({"alpha": alpha, "beta": beta, "wer": w})
+        logger.info("alpha %.2f beta %.2f: dev WER %.2f%%", alpha, beta, 100 * w)
+        if best is None or w < best[0]:
+            best = (w, opts)
+    assert best is not None
+    return best[1], grid
+
+
+def pocketsphinx_hyps(utts: list[Utterance]) -> tuple[list[str], float]:
+    """Transcripts from pocketsphinx 5.1.1's bundled US English model (the baseline to beat)."""
+    from pocketsphinx import Decoder
+
+    decoder = Decoder(samprate=16000, loglevel="FATAL")
+    hyps, seconds = [], 0.0
+    for u in tqdm(utts, desc="pocketsphinx", leave=False):
+        pcm = (np.clip(load_audio(u.audio_filepath), -1, 1) * 32767).astype("<i2").tobytes()
+        t0 = time.perf_counter()
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        seconds += time.perf_counter() - t0
+        hyp = decoder.hyp()
+        hyps.append(normalize_text(hyp.hypstr) if hyp is not None else "")
+    return hyps, seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nui eval speech", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--manifest", type=Path, required=True, help="evaluation clips (held-out voices)")
+    p.add_argument("--limit", type=int, default=0, help="first N clips only (0 = all)")
+    p.add_argument("--lm-dir", type=Path, help="lm.arpa + unigrams.txt from `nui data lm`")
+    p.add_argument("--tune-manifest", type=Path, help="dev clips to tune alpha/beta on (not the test clips)")
+    p.add_argument("--tune-limit", type=int, default=300)
+    p.add_argument("--alphas", default="0.3,0.5,0.7,0.9")
+    p.add_argument("--betas", default="0.0,1.0,2.0")
+    p.add_argument("--beam-width", type=int, default=32)
+    p.add_argument("--no-pocketsphinx", action="store_true")
+    p.add_argument("--out", type=Path, help="write results JSON here (and the chosen decoder options)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    model = load_model(args.checkpoint)
+    frame_s = model.cfg.frame_s
+    utts = read_manifest(args.manifest)
+    if args.limit:
+        utts = utts[: args.limit]
+    refs = [normalize_text(u.text) for u in utts]
+    audio_s = sum(u.duration_s for u in utts)
+    lps, am_seconds = log_probs_of(model, utts)
+    results: dict[str, Any] = {"manifest": str(args.manifest), "clips": len(utts), "audio_hours": audio_s / 3600,
+                               "voices": sorted({u.speaker for u in utts}), "checkpoint": str(args.checkpoint)}
+    rows = [("nui greedy", wer_cer(refs, [greedy_decode(lp) for lp in lps]), audio_s / am_seconds)]
+    if args.lm_dir:
+        opts = BeamOptions(beam_width=args.beam_width)
+        if args.tune_manifest:
+            dev = read_manifest(args.tune_manifest)[: args.tune_limit]
+            dev_lps, _ = log_probs_of(model, dev)
+            opts, grid = tune_lm(args.lm_dir, dev_lps, [normalize_text(u.text) for u in dev], frame_s,
+                                 [float(a) for a in args.alphas.split(",")],
+                                 [float(b) for b in args.betas.split(",")], args.beam_width)
+            results["tuning"] = {"manifest": str(args.tune_manifest), "clips": len(dev), "grid": grid}
+        decoder = CTCBeamDecoder(args.lm_dir / "lm.arpa", (args.lm_dir / "unigrams.txt").read_text().split(), opts)
+        t0 = time.perf_counter()
+        hyps = beam_hyps(decoder, lps, frame_s)
+        rows.append(("nui beam + 3-gram LM", wer_cer(refs, hyps), audio_s / (am_seconds + time.perf_counter() - t0)))
+        results["decoder"] = asdict(opts)
+    if not args.no_pocketsphinx:
+        ps_hyps, ps_seconds = pocketsphinx_hyps(utts)
+        rows.append(("pocketsphinx 5.1.1", wer_cer(refs, ps_hyps), audio_s / ps_seconds))
+    results["rows"] = [{"system": name, **m, "x_real_time": rt} for name, m, rt in rows]
+    print(f"\n{len(utts)} clips, {audio_s / 60:.1f} min, voices: {', '.join(results['voices'])}")
+    print(f"{'system':<24} {'WER %':>7} {'CER %':>7} {'x real time':>12}")
+    for name, m, rt in rows:
+        print(f"{name:<24} {100 * m['wer']:7.2f} {100 * m['cer']:7.2f} {rt:12.1f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+    return 0

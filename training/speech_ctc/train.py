@@ -1,0 +1,218 @@
+"""Train the speech CTC model with synchronous data-parallel SGD (DDP) on 1..N GPUs or CPU processes.
+
+    torchrun --nproc_per_node=2 -m training.speech_ctc --recipe training/speech_ctc/recipes/small.yaml \
+        data.train_manifest=data/speech/train.jsonl data.dev_manifest=data/speech/dev.jsonl
+    nui train speech --nproc 2 --recipe ... (the same, launched for you)
+
+Writes `<run.out_dir>/checkpoints/step_N/` (exact resume), TensorBoard logs in `<out_dir>/tb`,
+per-epoch dev WER/CER in `<out_dir>/metrics.json` and `<out_dir>/curves.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import jiwer
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from models.ctc_text import greedy_decode
+from models.speech_ctc import SpeechCTC, build
+from training.common import amp, checkpoint, distributed
+from training.common.config import load_recipe, to_dict
+from training.common.plots import plot_curves
+from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
+from training.speech_ctc.manifest import Utterance, read_manifest
+from training.speech_ctc.recipe import OptimSection, TrainConfig
+
+logger = logging.getLogger(__name__)
+MODEL_NAME = "speech_ctc"
+
+
+def lr_at(step: int, total_steps: int, o: OptimSection) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio. A pure function of the step, so resume
+    needs no scheduler state."""
+    if step < o.warmup_steps:
+        return o.lr * (step + 1) / o.warmup_steps
+    progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
+    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def make_optimizer(model: torch.nn.Module, o: OptimSection) -> torch.optim.Optimizer:
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norms
+    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]))
+
+
+@torch.no_grad()
+def evaluate(model: SpeechCTC, utts: list[Utterance], device: torch.device, batch_size: int) -> dict[str, float]:
+    """Greedy-decoding WER/CER (jiwer) on `utts`, FP32 as exported."""
+    model.eval()
+    order = sorted(range(len(utts)), key=lambda i: utts[i].duration_s)
+    ds = SpeechDataset([utts[i] for i in order])
+    refs, hyps = [], []
+    for batch in DataLoader(ds, batch_size=batch_size, collate_fn=collate):
+        log_probs, lengths = model(batch.audio.to(device), batch.audio_lengths.to(device))
+        lp = log_probs.cpu().numpy()
+        for i, n in enumerate(lengths.tolist()):
+            hyps.append(greedy_decode(lp[i, :n]))
+        refs.extend(batch.texts)
+    model.train()
+    # jiwer rejects empty references; a hypothesis may be empty.
+    return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "n": float(len(refs))}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    info = distributed.init_distributed(cfg.run.device)
+    distributed.seed_everything(cfg.run.seed, cfg.run.deterministic)
+    run_dir = Path(cfg.run.out_dir)
+    model_cfg = cfg.model.build_config()
+    model = build(model_cfg).to(info.device)
+    optimizer = make_optimizer(model, cfg.optim)
+    amp_mode = amp.resolve_amp(cfg.run.amp, info.device)
+    scaler = amp.make_scaler(amp_mode, info.device)
+
+    train_utts = filter_trainable(read_manifest(Path(cfg.data.train_manifest)), cfg.data.max_duration_s,
+                                  1.0 / model_cfg.frame_s)
+    dev_utts = read_manifest(Path(cfg.data.dev_manifest)) if cfg.data.dev_manifest else []
+    if cfg.data.dev_limit:
+        dev_utts = dev_utts[: cfg.data.dev_limit]
+    dataset = SpeechDataset(train_utts)
+    durations = [u.duration_s for u in train_utts]
+    steps_per_epoch = len(train_utts) // (cfg.data.batch_size * info.world_size)
+    total_steps = steps_per_epoch * cfg.run.epochs
+
+    state = checkpoint.RunState()
+    latest = checkpoint.latest_checkpoint(run_dir) if cfg.run.resume else None
+    if latest is not None:
+        loaded = checkpoint.load_checkpoint(latest, model=model, optimizer=optimizer)
+        state = loaded.state
+        if loaded.scaler:
+            scaler.load_state_dict(loaded.scaler)
+        if info.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", latest, state.step, state.epoch,
+                        state.batch_in_epoch)
+    recipe = to_dict(cfg)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("model %s: %.2fM parameters; %d train utterances (%.1f h), %d dev; %d ranks on %s; "
+                    "amp=%s; %d steps/epoch", cfg.model.preset, n_params / 1e6, len(train_utts),
+                    sum(durations) / 3600, len(dev_utts), info.world_size, info.device, amp_mode, steps_per_epoch)
+    ddp: torch.nn.Module = (DistributedDataParallel(model) if info.world_size > 1 else model)
+
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def save() -> None:
+        if info.is_main:
+            checkpoint.save_checkpoint(run_dir, model=model, model_name=MODEL_NAME,
+                                       model_config=model_cfg.to_dict(), optimizer=optimizer, state=state,
+                                       scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
+                                       recipe=recipe)
+        distributed.barrier()
+
+    losses: list[tuple[int, float]] = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
+    model.train()
+    while state.epoch < cfg.run.epochs:
+        sampler = BucketBatchSampler(durations, cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
+                                     state.epoch, cfg.run.sortagrad, start_batch=state.batch_in_epoch)
+        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                            num_workers=cfg.data.num_workers, persistent_workers=False)
+        bar = tqdm(loader, total=len(sampler), disable=not info.is_main, desc=f"epoch {state.epoch + 1}",
+                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        t0, audio_s = time.perf_counter(), 0.0
+        for batch in bar:
+            lr = lr_at(state.step, total_steps, cfg.optim)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with amp.autocast(amp_mode, info.device):
+                log_probs, out_lengths = ddp(batch.audio.to(info.device), batch.audio_lengths.to(info.device))
+            loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
+                              batch.target_lengths.to(info.device), blank=0, reduction="mean",
+                              zero_infinity=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            state.step += 1
+            state.batch_in_epoch += 1
+            audio_s += float(batch.audio_lengths.sum()) / model_cfg.sample_rate_hz
+            if state.step % cfg.run.log_every_steps == 0:
+                loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
+                speed = audio_s * info.world_size / (time.perf_counter() - t0)
+                losses.append((state.step, loss_v))
+                state.history.append({"step": state.step, "loss": loss_v})
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss_v, state.step)
+                    writer.add_scalar("train/lr", lr, state.step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), state.step)
+                    writer.add_scalar("train/audio_s_per_s", speed, state.step)
+                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.2e}", rt=f"{speed:.0f}x")
+            if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
+                save()
+                logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
+                return run_dir
+            if state.step % cfg.run.save_every_steps == 0:
+                save()
+        bar.close()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if info.is_main and dev_utts:
+            metrics = evaluate(model, dev_utts, info.device, cfg.data.batch_size)
+            state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+            logger.info("epoch %d: dev WER %.2f%% CER %.2f%% (%d utterances)", state.epoch,
+                        100 * metrics["wer"], 100 * metrics["cer"], int(metrics["n"]))
+            if writer is not None:
+                writer.add_scalar("dev/wer", metrics["wer"], state.step)
+                writer.add_scalar("dev/cer", metrics["cer"], state.step)
+            if state.best_score is None or metrics["wer"] < state.best_score:
+                state.best_score = metrics["wer"]
+        save()
+
+    if info.is_main:
+        epochs = [h for h in state.history if "wer" in h]
+        (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": state.step}, indent=2))
+        plot_curves(run_dir / "curves.png", losses, epochs, ["wer", "cer"], f"speech_ctc {cfg.model.preset}")
+        if writer is not None:
+            writer.close()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.speech_ctc", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, required=True, help="YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.epochs=2")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_recipe(args.recipe, TrainConfig, args.overrides)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    try:
+        train(cfg)
+    finally:
+        distributed.shutdown_distributed()
+    return 0
