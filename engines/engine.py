@@ -1,0 +1,142 @@
+"""Runtime engines: one `Engine` Protocol, an ONNX Runtime (CPU) backend, and loading from a repository.
+
+An engine runs one exported model version: `run({"audio": ..., "audio_lengths": ...})` returns its
+named outputs as numpy arrays. The serving path imports only this module (no torch).
+
+    from engines.engine import load_engine
+    engine = load_engine(Path("model_repository"), "speech_ctc")  # highest version
+    outputs = engine.run({"audio": audio, "audio_lengths": lengths})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import onnxruntime as ort
+
+from engines.manifest import Manifest, TensorSpec, read_manifest, version_dir
+
+logger = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+
+# ONNX Runtime's element type strings for the numpy dtype names manifests use.
+_ORT_TYPES = {
+    "float32": "tensor(float)",
+    "float16": "tensor(float16)",
+    "float64": "tensor(double)",
+    "int64": "tensor(int64)",
+    "int32": "tensor(int32)",
+}
+
+
+class Engine(Protocol):
+    """A loaded model version. `run` is thread-safe and may be called from a worker thread."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> int: ...
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+def default_intra_op_threads() -> int:
+    """Threads for one engine run: all cores, at most 4 (small models stop scaling beyond that)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one batch at a time uses the threads
+    opts.intra_op_num_threads = intra_op_threads
+    opts.inter_op_num_threads = 1
+    # Idle ORT threads otherwise spin for a while after each run, stealing the few cores from the
+    # event loop, audio decoding and other processes.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3  # errors only
+    return opts
+
+
+def _check_specs(kind: str, expected: list[TensorSpec], actual: list[ort.NodeArg], where: Path) -> None:
+    """Names and element types of the session's inputs/outputs must match the manifest's."""
+    want = {t.name: t.dtype for t in expected}
+    have = {a.name: a.type for a in actual}
+    if set(want) != set(have):
+        raise ValueError(f"{where}: the ONNX model's {kind} {sorted(have)} do not match the manifest's "
+                         f"{sorted(want)}")
+    for name, dtype in want.items():
+        ort_type = _ORT_TYPES.get(dtype)
+        if ort_type is None:
+            raise ValueError(f"{where}: manifest {kind[:-1]} {name!r} has unsupported dtype {dtype!r}")
+        if have[name] != ort_type:
+            raise ValueError(f"{where}: ONNX {kind[:-1]} {name!r} is {have[name]}, the manifest says {dtype}")
+
+
+class OnnxRuntimeEngine:
+    """An ONNX Runtime session on the CPU for `<repo>/<model>/<version>/` (manifest + model.onnx)."""
+
+    def __init__(self, version_dir: Path, intra_op_threads: int | None = None, *,
+                 verify: bool = True) -> None:
+        self._dir = Path(version_dir)
+        self._manifest = read_manifest(self._dir, verify=verify)
+        if self._manifest.engine != "onnxruntime":
+            raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not 'onnxruntime'")
+        if ONNX_FILE not in self._manifest.files:
+            raise ValueError(f"{self._dir}: manifest does not list {ONNX_FILE}")
+        if not self._dir.name.isdigit():
+            raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
+        self._version = int(self._dir.name)
+        threads = intra_op_threads if intra_op_threads is not None else default_intra_op_threads()
+        try:
+            self._session = ort.InferenceSession(str(self._dir / ONNX_FILE), _session_options(threads),
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as e:  # ORT raises its own untyped errors (InvalidGraph, Fail, ...)
+            raise ValueError(f"{self._dir / ONNX_FILE}: ONNX Runtime cannot load it: {e}") from e
+        _check_specs("inputs", self._manifest.inputs, self._session.get_inputs(), self._dir)
+        _check_specs("outputs", self._manifest.outputs, self._session.get_outputs(), self._dir)
+        self._output_names = [o.name for o in self._manifest.outputs]
+        logger.info("loaded %s version %d (%s, %d intra-op threads)", self.name, self._version,
+                    self._manifest.precision, threads)
+
+    @property
+    def name(self) -> str:
+        return self._manifest.model
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        expected = {t.name for t in self._manifest.inputs}
+        if set(inputs) != expected:
+            raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, "
+                             f"got {sorted(inputs)}")
+        outputs = self._session.run(self._output_names, inputs)
+        return {name: np.asarray(out) for name, out in zip(self._output_names, outputs, strict=True)}
+
+
+def load_engine(repo: Path, model: str, version: int | None = None,
+                intra_op_threads: int | None = None) -> Engine:
+    """Load `<repo>/<model>/<version>` (default: the highest version), verifying every file's sha256.
+
+    Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong.
+    """
+    folder = version_dir(Path(repo), model, version)
+    engine = OnnxRuntimeEngine(folder, intra_op_threads)
+    if engine.name != model:
+        raise ValueError(f"{folder}: manifest model is {engine.name!r} but the folder says {model!r}")
+    return engine

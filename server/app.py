@@ -1,0 +1,142 @@
+"""The gRPC server: every model of a repository behind `nui.v1.Speech`, with health and reflection.
+
+    nui serve --repo model_repository --port 50051          # see server/main.py
+    grpcurl -plaintext 127.0.0.1:50051 list                  # reflection
+    grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
+
+Start-up loads every model version (checksums verified; a mismatch fails start-up), creates one
+dynamic batcher per model version, and only then reports SERVING. SIGINT/SIGTERM: health goes
+NOT_SERVING, new calls are refused, in-flight calls get `shutdown_grace_s` to finish, then the batchers
+drain. Binds 127.0.0.1 unless told otherwise; port 0 picks a free port (`SpeechServer.port`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import speech_pb2, speech_pb2_grpc
+from server.audio import AudioLimits
+from server.batcher import DynamicBatcher
+from server.repository import describe, load_speech_models
+from server.speech_ctc import Recognition, SpeechCTCModel, Utterance
+from server.speech_service import ServedModel, SpeechServicer
+
+logger = logging.getLogger(__name__)
+
+SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name  # "nui.v1.Speech"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    repo: Path
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0: any free port
+    max_batch_size: int = 16
+    max_queue_delay_ms: float = 5.0  # how long a batch waits for more items after its first
+    max_queue_size: int = 256  # per model version; beyond it calls fail with RESOURCE_EXHAUSTED
+    max_audio_s: float = 60.0
+    max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
+    intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4
+    shutdown_grace_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
+        if self.shutdown_grace_s < 0:
+            raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+
+
+def host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class SpeechServer:
+    """A started server; `stop()` shuts it down gracefully."""
+
+    def __init__(self, server: grpc.aio.Server, host: str, port: int,
+                 served: dict[str, dict[int, ServedModel]],
+                 health_servicer: health.aio.HealthServicer) -> None:
+        self.server = server
+        self.host = host
+        self.port = port
+        self.served = served
+        self.health = health_servicer
+
+    @property
+    def address(self) -> str:
+        return host_port(self.host, self.port)
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """NOT_SERVING, refuse new calls, let in-flight ones finish (up to grace_s), drain the batchers."""
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace_s)
+        batchers = [s.batcher for versions in self.served.values() for s in versions.values()]
+        await asyncio.gather(*(b.close() for b in batchers))
+        logger.info("server on %s stopped", self.address)
+
+
+def _serve_model(model: SpeechCTCModel, config: ServerConfig) -> ServedModel:
+    batcher: DynamicBatcher[Utterance, Recognition] = DynamicBatcher(
+        model.run_batch, config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size,
+        name=f"{model.name}-v{model.version}")
+    return ServedModel(model, batcher)
+
+
+async def start_server(config: ServerConfig,
+                       models: dict[str, dict[int, SpeechCTCModel]] | None = None) -> SpeechServer:
+    """Load the repository (or use `models`, already loaded), bind, start, report SERVING."""
+    if models is None:
+        models = await asyncio.to_thread(load_speech_models, config.repo, config.intra_op_threads)
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a port in use must fail, not be silently shared
+    ])
+    try:
+        port = server.add_insecure_port(host_port(config.host, config.port))
+    except RuntimeError as e:
+        raise OSError(f"cannot listen on {host_port(config.host, config.port)}: {e}") from e
+    served = {name: {v: _serve_model(m, config) for v, m in versions.items()}
+              for name, versions in models.items()}
+    limits = AudioLimits(max_duration_s=config.max_audio_s)
+    speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(served, limits), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = [SPEECH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(services, server)
+    await server.start()
+    for service in ("", SPEECH_SERVICE):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    running = SpeechServer(server, config.host, port, served, health_servicer)
+    logger.info("serving %s on %s (max batch %d, max queue delay %g ms)", describe(models), running.address,
+                config.max_batch_size, config.max_queue_delay_ms)
+    return running
+
+
+async def serve(config: ServerConfig, on_ready: Callable[[SpeechServer], None] | None = None) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully. Call from the main thread."""
+    running = await start_server(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if on_ready is not None:
+        on_ready(running)
+    try:
+        await stop.wait()
+        logger.info("shutting down (grace %g s)", config.shutdown_grace_s)
+    finally:
+        await running.stop(config.shutdown_grace_s)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

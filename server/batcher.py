@@ -1,0 +1,225 @@
+"""Dynamic batching for asyncio servers; knows nothing of models.
+
+Callers `await batcher.submit(item, deadline=...)` from many coroutines; one worker task gathers
+items into a batch until `max_batch_size` items are waiting or `max_queue_delay_ms` has passed since
+the batch's first item arrived, then calls `run_batch(items)` in a worker thread (ONNX Runtime
+releases the GIL) and hands each caller its own result or its own exception (Triton's contract: one
+response per request, one bad request never fails its batch-mates).
+
+- Queue full: `submit` raises `QueueFullError` at once (RESOURCE_EXHAUSTED).
+- Deadline (a `time.monotonic()` instant): `submit` raises `DeadlineExceededError` when it passes while
+  the item waits, and an expired item is dropped before it runs (DEADLINE_EXCEEDED).
+- A caller that is cancelled (client left) removes its item; items already running are not stopped,
+  their results are discarded.
+- `run_batch` raising as a whole: the items are re-run one by one, so only the bad one fails.
+- `close()` refuses new items (`BatcherClosedError`, UNAVAILABLE) and finishes the queued ones.
+
+    batcher = DynamicBatcher(run_batch, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=256)
+    result = await batcher.submit(item, deadline=time.monotonic() + 2.0)
+    await batcher.close()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+RunBatch = Callable[[list[T]], Sequence[R | Exception]]
+
+
+class QueueFullError(Exception):
+    """The batcher's queue holds `max_queue_size` items already."""
+
+
+class DeadlineExceededError(Exception):
+    """The item's deadline passed before its result was ready."""
+
+
+class BatcherClosedError(Exception):
+    """The batcher is closing or closed and takes no new items."""
+
+
+@dataclass
+class BatcherStats:
+    """Counters for tests and, later, metrics. `batch_sizes[n]` = engine runs with n items."""
+
+    runs: int = 0  # calls of run_batch, one-by-one re-runs included
+    items_done: int = 0  # items that got a result or their own exception from run_batch
+    batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
+    failed_batches: int = 0  # run_batch raised for a whole batch (then re-run one by one)
+    rejected_queue_full: int = 0
+    expired: int = 0  # deadline passed while queued
+    cancelled: int = 0  # the caller left while its item was queued
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    future: asyncio.Future[R]
+    deadline: float | None  # time.monotonic() instant
+    enqueued_at: float  # time.monotonic()
+
+
+class DynamicBatcher(Generic[T, R]):
+    """Gathers concurrent `submit` calls into batches for `run_batch`. Create it inside a running loop."""
+
+    def __init__(self, run_batch: RunBatch[T, R], max_batch_size: int, max_queue_delay_ms: float,
+                 max_queue_size: int, *, name: str = "batcher") -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_queue_delay_ms < 0:
+            raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
+        if max_queue_size < 1:
+            raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_queue_delay_s = max_queue_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self.name = name
+        self.stats = BatcherStats()
+        self._queue: collections.deque[_Pending[T, R]] = collections.deque()
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        # One thread per batcher: its model runs one batch at a time, and nothing else shares the pool.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{name}-worker")
+
+    @property
+    def queue_size(self) -> int:
+        return len(self._queue)
+
+    async def submit(self, item: T, deadline: float | None = None) -> R:
+        """The result of `item` from `run_batch`; raises its own exception, QueueFullError,
+        DeadlineExceededError or BatcherClosedError."""
+        if self._closing:
+            raise BatcherClosedError(f"{self.name} is shutting down")
+        if len(self._queue) >= self.max_queue_size:
+            self.stats.rejected_queue_full += 1
+            raise QueueFullError(f"{self.name} queue is full ({self.max_queue_size} items waiting)")
+        now = time.monotonic()
+        if deadline is not None and deadline <= now:
+            self.stats.expired += 1
+            raise DeadlineExceededError("the deadline passed before the request was queued")
+        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future(), deadline, now)
+        self._queue.append(pending)
+        self._wakeup.set()
+        try:
+            if deadline is None:
+                return await asyncio.shield(pending.future)
+            async with asyncio.timeout(deadline - time.monotonic()):
+                return await asyncio.shield(pending.future)
+        except TimeoutError:
+            if self._forget(pending):
+                self.stats.expired += 1
+            raise DeadlineExceededError("the deadline passed before the result was ready") from None
+        except asyncio.CancelledError:
+            if self._forget(pending):
+                self.stats.cancelled += 1
+            raise
+
+    def _forget(self, pending: _Pending[T, R]) -> bool:
+        """Take a caller's item out of the queue (True) or mark a running one as abandoned (False)."""
+        pending.future.cancel()
+        try:
+            self._queue.remove(pending)
+            return True
+        except ValueError:
+            return False
+
+    async def close(self) -> None:
+        """Stop taking items, finish the queued ones, stop the worker."""
+        self._closing = True
+        self._wakeup.set()
+        await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch is None:
+                return
+            if not batch:  # every caller of this batch left or expired
+                continue
+            try:
+                await self._run(batch)
+            except Exception as e:  # a broken invariant: fail this batch's callers rather than hang them
+                logger.exception("%s: internal error while running a batch of %d", self.name, len(batch))
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(e)
+
+    async def _next_batch(self) -> list[_Pending[T, R]] | None:
+        """Wait for a first item, then up to the delay for more; None when closed and drained."""
+        while not self._queue:
+            if self._closing:
+                return None
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        close_at = self._queue[0].enqueued_at + self.max_queue_delay_s
+        while len(self._queue) < self.max_batch_size and not self._closing:
+            remaining = close_at - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+            if not self._queue:  # every waiting caller left
+                break
+        batch: list[_Pending[T, R]] = []
+        now = time.monotonic()
+        while self._queue and len(batch) < self.max_batch_size:
+            p = self._queue.popleft()
+            if p.future.done():  # cancelled caller: no work for someone who left
+                continue
+            if p.deadline is not None and p.deadline <= now:
+                self.stats.expired += 1
+                p.future.set_exception(DeadlineExceededError("the deadline passed while it was queued"))
+                continue
+            batch.append(p)
+        return batch
+
+    async def _run(self, batch: list[_Pending[T, R]]) -> None:
+        items = [p.item for p in batch]
+        try:
+            results = await self._call(items)
+        except Exception as e:
+            self.stats.failed_batches += 1
+            logger.warning("%s: a batch of %d failed (%s); re-running its items one by one",
+                           self.name, len(items), type(e).__name__)
+            results = []
+            for item in items:
+                try:
+                    results.extend(await self._call([item]))
+                except Exception as item_error:
+                    results.append(item_error)
+        for p, result in zip(batch, results, strict=True):
+            self.stats.items_done += 1
+            if p.future.done():  # the caller left while its item ran
+                continue
+            if isinstance(result, Exception):
+                p.future.set_exception(result)
+            else:
+                p.future.set_result(result)
+
+    async def _call(self, items: list[T]) -> Sequence[R | Exception]:
+        self.stats.runs += 1
+        self.stats.batch_sizes[len(items)] += 1
+        loop = asyncio.get_running_loop()
+        results = await loop.run_in_executor(self._executor, self._run_batch, items)
+        if len(results) != len(items):
+            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+        return results

@@ -1,0 +1,84 @@
+"""Loading a model repository for serving, and looking a requested model up in what was loaded.
+
+A repository holds `<repo>/<model>/<version>/{manifest.json, model.onnx, ...}` (see engines/manifest.py).
+Every version of every model is loaded at start-up, with each file's sha256 checked, so a broken
+repository fails before the server reports SERVING.
+
+    models = load_speech_models(default_repo())
+    model = resolve(models, "speech_ctc", 0)  # 0: the highest version
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from engines.engine import load_engine
+from engines.manifest import model_versions, version_dir
+from server.errors import invalid_argument, not_found
+from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "speech_ctc"
+
+M = TypeVar("M")
+
+
+def default_repo() -> Path:
+    """The model repository bundled with the source tree: `<repo root>/model_repository`."""
+    return Path(__file__).resolve().parent.parent / "model_repository"
+
+
+def load_speech_models(repo: Path,
+                       intra_op_threads: int | None = None) -> dict[str, dict[int, SpeechCTCModel]]:
+    """{model name: {version: model}} for every speech_ctc model version under `repo`.
+
+    Models of other tasks are skipped with a warning; ValueError when the repository is missing, holds
+    no speech model, or any manifest, checksum, ONNX graph or language model does not match or load.
+    """
+    repo = Path(repo)
+    if not repo.is_dir():
+        raise ValueError(f"model repository {repo} does not exist")
+    loaded: dict[str, dict[int, SpeechCTCModel]] = {}
+    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = model_versions(repo, model_dir.name)
+        if not versions:
+            logger.warning("%s has no numbered version folders; skipped", model_dir)
+            continue
+        for version in versions:
+            engine = load_engine(repo, model_dir.name, version, intra_op_threads)
+            if engine.manifest.task != TASK:
+                logger.warning("%s v%d is a %r model; this server serves %r only; skipped",
+                               engine.name, version, engine.manifest.task, TASK)
+                continue
+            lm_decoder = load_lm_decoder(version_dir(repo, engine.name, version), engine.manifest)
+            loaded.setdefault(engine.name, {})[version] = SpeechCTCModel(engine, lm_decoder)
+    if not loaded:
+        raise ValueError(f"model repository {repo} holds no {TASK} model (expected <model>/<version>/"
+                         "manifest.json)")
+    return loaded
+
+
+def resolve(models: Mapping[str, Mapping[int, M]], name: str, version: int) -> M:
+    """The requested model; `name` "" means DEFAULT_MODEL and `version` 0 the highest. RequestError
+    NOT_FOUND names what is loaded."""
+    name = name or DEFAULT_MODEL
+    if version < 0:
+        raise invalid_argument(f"config.model_version is {version}; use 0 (latest) or a positive version")
+    versions = models.get(name)
+    if not versions:
+        raise not_found(f"config.model {name!r} is not loaded; loaded models: {sorted(models)}")
+    if version == 0:
+        return versions[max(versions)]
+    if version not in versions:
+        raise not_found(f"config.model_version {version} of {name!r} is not loaded; loaded versions: "
+                        f"{sorted(versions)}")
+    return versions[version]
+
+
+def describe(models: Mapping[str, Mapping[int, object]]) -> str:
+    """"speech_ctc v1,2; other v3" for logs and the start-up line."""
+    return "; ".join(f"{name} v{','.join(str(v) for v in sorted(vs))}" for name, vs in sorted(models.items()))

@@ -1,0 +1,162 @@
+"""`nui transcribe`: print the transcript of audio files, in-process or through a server.
+
+    nui transcribe clip.wav more.flac                        # in-process: ONNX Runtime, bundled model
+    nui transcribe clip.wav --repo model_repository --words  # word start/end times too
+    nui transcribe clip.wav --server 127.0.0.1:50051 --no-lm # over gRPC (`Recognize`)
+
+In-process runs use the server's own pre/post-processing (`SpeechCTCModel.prepare` and `run_batch`),
+without gRPC. One file: the transcript alone; several: `path: transcript` per file. With --words each
+word follows on its own line as `  start_s end_s word`. Exit status 0 when every file was transcribed,
+1 otherwise (each failure is one `error:` line on stderr, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+
+from models.ctc_text import WordTiming
+from proto import speech_pb2, speech_pb2_grpc
+from server.audio import AudioEncoding, AudioLimits
+from server.errors import RequestError
+from server.repository import DEFAULT_MODEL, default_repo, load_speech_models, resolve
+from server.speech_ctc import DecodeOptions, Hypothesis, Recognition
+
+PROG = "nui transcribe"
+
+Transcriber = Callable[[bytes, str], Recognition]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="Transcribe audio files (WAV, FLAC, OGG).")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--server", default=None, metavar="HOST:PORT", help="use a running `nui serve`")
+    p.add_argument("--repo", type=Path, default=None,
+                   help="model repository for in-process runs (default: the bundled model_repository)")
+    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--version", type=int, default=0, help="model version (0: latest)")
+    p.add_argument("--words", action="store_true", help="print word start/end times")
+    p.add_argument("--lm", action=argparse.BooleanOptionalAction, default=None,
+                   help="beam search with the model's language model (default: when the model has one)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="per-file deadline with --server")
+    return p
+
+
+def in_process_transcriber(repo: Path, model_name: str, version: int, options: DecodeOptions) -> Transcriber:
+    """Load the model once; the returned function transcribes one file's bytes (raises RequestError)."""
+    models = load_speech_models(repo, intra_op_threads=None)
+    model = resolve(models, model_name, version)
+    limits = AudioLimits()
+
+    def transcribe(data: bytes, request_id: str) -> Recognition:
+        utterance = model.prepare(data, AudioEncoding.AUTO, 0, options, limits, request_id)
+        [result] = model.run_batch([utterance])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    return transcribe
+
+
+def grpc_transcriber(channel: grpc.Channel, model_name: str, version: int, options: DecodeOptions,
+                     timeout_s: float) -> Transcriber:
+    """Call `Recognize` for one file's bytes (raises grpc.RpcError)."""
+    stub = speech_pb2_grpc.SpeechStub(channel)
+    decoder = {None: speech_pb2.DECODER_UNSPECIFIED, False: speech_pb2.DECODER_GREEDY,
+               True: speech_pb2.DECODER_BEAM_LM}[options.use_lm]
+    config = speech_pb2.RecognitionConfig(enable_word_time_offsets=options.words, decoder=decoder,
+                                          model=model_name, model_version=version)
+
+    def transcribe(data: bytes, request_id: str) -> Recognition:
+        request = speech_pb2.RecognizeRequest(config=config, audio=data, request_id=request_id)
+        response = stub.Recognize(request, timeout=timeout_s)
+        return from_response(response)
+
+    return transcribe
+
+
+def from_response(response: speech_pb2.RecognizeResponse) -> Recognition:
+    alternatives = tuple(
+        Hypothesis(alt.transcript, alt.confidence,
+                   tuple(WordTiming(w.word, w.start_s, w.end_s) for w in alt.words))
+        for result in response.results for alt in result.alternatives)
+    return Recognition(alternatives, response.audio_duration_s)
+
+
+def format_result(path: Path, recognition: Recognition, several: bool, words: bool) -> Iterator[str]:
+    best = recognition.alternatives[0]
+    yield f"{path}: {best.transcript}" if several else best.transcript
+    if words:
+        for w in best.words:
+            yield f"  {w.start_s:6.2f} {w.end_s:6.2f} {w.word}"
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+
+
+def _rpc_message(e: grpc.RpcError, server: str) -> str:
+    code = e.code() if isinstance(e, grpc.Call) else None
+    details = e.details() if isinstance(e, grpc.Call) else str(e)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return f"cannot reach a speech server at {server} ({details})"
+    name = code.name if code is not None else "UNKNOWN"
+    return f"server {server} answered {name}: {details}"
+
+
+def run_files(files: list[Path], transcribe: Transcriber, words: bool, server: str | None) -> int:
+    failures = 0
+    for i, path in enumerate(files):
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            _error(f"{path}: cannot read it ({e.strerror or e})")
+            failures += 1
+            continue
+        try:
+            recognition = transcribe(data, f"{path.name}-{i}"[:64])
+        except RequestError as e:
+            _error(f"{path}: {e.message}")
+            failures += 1
+            continue
+        except grpc.RpcError as e:
+            _error(f"{path}: {_rpc_message(e, server or '?')}")
+            failures += 1
+            if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNAVAILABLE:
+                return 1  # the other files would fail the same way
+            continue
+        for line in format_result(path, recognition, several=len(files) > 1, words=words):
+            print(line, flush=True)
+    return 1 if failures else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    options = DecodeOptions(words=args.words, use_lm=args.lm)
+    if args.server is not None:
+        with grpc.insecure_channel(args.server) as channel:
+            transcribe = grpc_transcriber(channel, args.model, args.version, options, args.timeout_s)
+            return run_files(args.files, transcribe, args.words, args.server)
+    repo = args.repo if args.repo is not None else default_repo()
+    if not repo.is_dir():
+        _error(f"model repository {repo} does not exist; pass --repo DIR or --server HOST:PORT")
+        return 1
+    try:
+        transcribe = in_process_transcriber(repo, args.model, args.version, options)
+    except RequestError as e:
+        _error(e.message)
+        return 1
+    except ValueError as e:
+        _error(str(e))
+        return 1
+    return run_files(args.files, transcribe, args.words, None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
