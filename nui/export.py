@@ -14,27 +14,19 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from engines.export_speech import DEFAULT_ATOL, ParityError, export_speech_ctc
 from engines.manifest import sha256_file
-from models.speech_ctc import SpeechCTCConfig, build
-from training.common.checkpoint import latest_checkpoint, read_weights
+from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
+from training.speech_ctc.model_io import MODEL_NAME, load_model
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_weights(path: Path) -> Path:
-    """model.safetensors for a run folder, a checkpoint folder or the file itself."""
-    if path.is_file():
-        return path
-    if (path / "model.safetensors").is_file():
-        return path / "model.safetensors"
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise ValueError(f"{path} is neither a checkpoint, a model.safetensors, nor a run with checkpoints")
-    return latest / "model.safetensors"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,24 +40,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--lm-dir", type=Path, help="folder with lm.arpa and unigrams.txt (nui data lm)")
     p.add_argument("--decoder", type=Path, help="JSON of beam options tuned on dev (alpha, beta, ...)")
+    p.add_argument("--with-weights", action="store_true",
+                   help="also publish the weights as FP16 safetensors (weights.fp16.safetensors), for fine-tuning")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        weights = resolve_weights(args.checkpoint)
-        state, name, cfg_dict = read_weights(weights)
-        if name != "speech_ctc":
-            raise ValueError(f"{weights} holds a {name!r} model, not speech_ctc")
-        model = build(SpeechCTCConfig.from_dict(cfg_dict))
-        model.load_state_dict({k: v.float() for k, v in state.items()})
+        model, weights = load_model(args.checkpoint)
         clips = None
         if args.dev_manifest:
             utts = read_manifest(args.dev_manifest)[: args.dev_limit]
             clips = [load_audio(u.audio_filepath) for u in utts]
-        extra_files, extras = {}, {}
+        extra_files: dict[str, Path] = {}
+        extras: dict[str, Any] = {}
         if args.lm_dir:
             extra_files = {"lm.arpa": args.lm_dir / "lm.arpa", "unigrams.txt": args.lm_dir / "unigrams.txt"}
             extras["lm"] = {"arpa": "lm.arpa", "unigrams": "unigrams.txt"}
+        if args.with_weights:
+            fp16 = Path(tempfile.mkdtemp()) / "weights.fp16.safetensors"
+            save_weights(fp16, model, MODEL_NAME, model.cfg.to_dict(), dtype=torch.float16)
+            extra_files["weights.fp16.safetensors"] = fp16
         if args.decoder:
             extras["decoder"] = json.loads(args.decoder.read_text())
         path, manifest = export_speech_ctc(

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from models.ctc_text import greedy_decode
-from training.speech_ctc.evaluate import load_model
 from training.speech_ctc.manifest import load_audio, read_manifest
+from training.speech_ctc.model_io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +75,7 @@ def test_recognize_over_grpc_matches_the_torch_checkpoint(published: tuple[Path,
     from proto import speech_pb2, speech_pb2_grpc
 
     run, _ = published
-    model = load_model(run)
+    model, _ = load_model(run)
     utts = read_manifest(tiny_speech_corpus / "test.jsonl")
     with grpc.insecure_channel(server_address) as channel:
         stub = speech_pb2_grpc.SpeechStub(channel)

@@ -66,8 +66,11 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any])
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def save_weights(path: Path, model: torch.nn.Module, model_name: str, config: dict[str, Any]) -> None:
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+def save_weights(path: Path, model: torch.nn.Module, model_name: str, config: dict[str, Any],
+                 dtype: torch.dtype | None = None) -> None:
+    """Weights (optionally cast, e.g. to FP16 for a bundled copy) with the model name and config."""
+    sd = {k: v.detach().cpu().to(dtype if dtype is not None and v.is_floating_point() else v.dtype).contiguous()
+          for k, v in model.state_dict().items()}
     save_file(sd, str(path), metadata={"format": FORMAT, "model": model_name, "config": json.dumps(config)})
 
 
@@ -120,6 +123,18 @@ def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, model_name: str, m
         shutil.rmtree(old, ignore_errors=True)
     logger.info("saved checkpoint %s", final)
     return final
+
+
+def resolve_weights(path: Path) -> Path:
+    """The model.safetensors of a run folder (its latest checkpoint), a checkpoint folder, or the file."""
+    if path.is_file():
+        return path
+    if (path / "model.safetensors").is_file():
+        return path / "model.safetensors"
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise ValueError(f"{path} is neither a checkpoint, a model.safetensors, nor a run with checkpoints")
+    return latest / "model.safetensors"
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

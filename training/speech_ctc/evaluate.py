@@ -26,28 +26,11 @@ from tqdm import tqdm
 
 from models.ctc_beam import BeamOptions, CTCBeamDecoder
 from models.ctc_text import greedy_decode, normalize_text
-from models.speech_ctc import SpeechCTC, SpeechCTCConfig, build
-from training.common.checkpoint import latest_checkpoint, read_weights
+from models.speech_ctc import SpeechCTC
 from training.speech_ctc.manifest import Utterance, load_audio, read_manifest
+from training.speech_ctc.model_io import load_model
 
 logger = logging.getLogger(__name__)
-
-
-def load_model(path: Path) -> SpeechCTC:
-    """A run folder (latest checkpoint), a checkpoint folder, or a model.safetensors."""
-    if path.is_dir() and not (path / "model.safetensors").is_file():
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise ValueError(f"{path} has no checkpoints")
-        path = latest
-    if path.is_dir():
-        path = path / "model.safetensors"
-    state, name, cfg = read_weights(path)
-    if name != "speech_ctc":
-        raise ValueError(f"{path} holds a {name!r} model")
-    model = build(SpeechCTCConfig.from_dict(cfg))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
-    return model.eval()
 
 
 @torch.no_grad()
@@ -133,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
-    model = load_model(args.checkpoint)
+    model, _ = load_model(args.checkpoint)
     frame_s = model.cfg.frame_s
     utts = read_manifest(args.manifest)
     if args.limit:

@@ -33,10 +33,11 @@ from training.common.config import load_recipe, to_dict
 from training.common.plots import plot_curves
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
 from training.speech_ctc.manifest import Utterance, read_manifest
+from training.speech_ctc.model_io import MODEL_NAME
 from training.speech_ctc.recipe import OptimSection, TrainConfig
 
 logger = logging.getLogger(__name__)
-MODEL_NAME = "speech_ctc"
+
 
 
 def lr_at(step: int, total_steps: int, o: OptimSection) -> float:
