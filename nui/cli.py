@@ -25,12 +25,14 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("data", "speech"): "training.speech_ctc.corpus:main",
     ("data", "librispeech"): "training.speech_ctc.librispeech:main",
     ("data", "lm"): "training.speech_ctc.lm:main",
+    ("data", "diagnosis"): "training.diagnosis.data:main",
     ("eval", "speech"): "training.speech_ctc.evaluate:main",
+    ("eval", "diagnosis"): "training.diagnosis.evaluate:main",
     ("export", "speech"): "nui.export:main",
     ("serve", None): "server.main:main",
     ("transcribe", None): "server.transcribe:main",
 }
-TRAIN_MODULES = {"speech": "training.speech_ctc"}
+TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis"}
 
 
 def _load(target: str) -> Callable[[list[str]], int]:

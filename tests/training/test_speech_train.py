@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 from models.speech_ctc import build, get_preset
 from training.common.checkpoint import RunState, latest_checkpoint, load_checkpoint, read_weights, save_checkpoint
 from training.common.config import apply_overrides, load_recipe
+from training.common.optim import lr_at, make_optimizer
 from training.speech_ctc.dataset import BucketBatchSampler
 from training.speech_ctc.recipe import TrainConfig
-from training.speech_ctc.train import lr_at, make_optimizer
 
 RECIPES = sorted((Path(__file__).parents[2] / "training" / "speech_ctc" / "recipes").glob("*.yaml"))
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from models.speech_ctc import SpeechCTCConfig, get_preset
+from training.common.optim import OptimSection
 
 
 @dataclass(frozen=True)
@@ -33,24 +34,6 @@ class DataSection:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("data.batch_size must be >= 1")
-
-
-@dataclass(frozen=True)
-class OptimSection:
-    name: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
-    momentum: float = 0.9  # SGD (Nesterov)
-    betas: tuple[float, ...] = (0.9, 0.98)  # AdamW
-    weight_decay: float = 1e-2
-    warmup_steps: int = 200
-    min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio at the last step
-    clip_grad_norm: float = 5.0
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ValueError("optim.lr must be > 0")
-        if len(self.betas) != 2:
-            raise ValueError("optim.betas needs two values")
 
 
 @dataclass(frozen=True)

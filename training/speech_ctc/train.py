@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 import time
@@ -30,32 +29,15 @@ from models.ctc_text import greedy_decode
 from models.speech_ctc import SpeechCTC, build
 from training.common import amp, checkpoint, distributed
 from training.common.config import load_recipe, to_dict
+from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
 from training.speech_ctc.manifest import Utterance, read_manifest
 from training.speech_ctc.model_io import MODEL_NAME
-from training.speech_ctc.recipe import OptimSection, TrainConfig
+from training.speech_ctc.recipe import TrainConfig
 
 logger = logging.getLogger(__name__)
 
-
-
-def lr_at(step: int, total_steps: int, o: OptimSection) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio. A pure function of the step, so resume
-    needs no scheduler state."""
-    if step < o.warmup_steps:
-        return o.lr * (step + 1) / o.warmup_steps
-    progress = min(1.0, (step - o.warmup_steps) / max(1, total_steps - o.warmup_steps))
-    return o.lr * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model: torch.nn.Module, o: OptimSection) -> torch.optim.Optimizer:
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]  # biases and norms
-    groups = [{"params": decay, "weight_decay": o.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if o.name == "sgd":
-        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]))
 
 
 @torch.no_grad()

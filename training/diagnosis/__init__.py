@@ -1,0 +1,1 @@
+"""Symptom -> disease: knowledge base, synthetic patients, training and evaluation (issue 5)."""

@@ -1,0 +1,230 @@
+"""Train the symptom-checker model with synchronous data-parallel SGD (DDP) on 1..N GPUs or CPU processes.
+
+    torchrun --nproc_per_node=2 -m training.diagnosis --recipe training/diagnosis/recipes/small.yaml
+    nui train diagnosis --nproc 2 --recipe training/diagnosis/recipes/small.yaml [key=value ...]
+
+Reads the knowledge base and patients_{train,dev}.npz from `data.dir` (written by `nui data diagnosis`).
+Writes `<run.out_dir>/checkpoints/step_N/` (exact resume), TensorBoard logs in `<out_dir>/tb`, per-epoch
+dev metrics in `<out_dir>/metrics.json` and `<out_dir>/curves.png`. After the last epoch the softmax
+temperature is fitted on the dev patients (run.calibrate) and saved inside the model's weights when it
+lowers the dev ECE.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from models.diagnosis import DiagnosisModel, build
+from training.common import amp, checkpoint, distributed
+from training.common.config import load_recipe, to_dict
+from training.common.optim import lr_at, make_optimizer
+from training.common.plots import plot_curves
+from training.diagnosis.dataset import epoch_batches, make_batch
+from training.diagnosis.knowledge import KnowledgeBase
+from training.diagnosis.metrics import classification_metrics, fit_temperature, log_softmax, nll, reliability
+from training.diagnosis.model_io import MODEL_NAME, predict_logits
+from training.diagnosis.patients import Patients
+from training.diagnosis.recipe import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+def load_split(data_dir: Path, split: str, kb: KnowledgeBase, limit: int = 0) -> Patients:
+    """A split's patients, after checking they were drawn from this knowledge base."""
+    meta = data_dir / "patients.json"
+    if meta.is_file():
+        drawn_from = json.loads(meta.read_text()).get("kb_fingerprint")
+        if drawn_from != kb.fingerprint():
+            raise ValueError(f"{data_dir}: the patients were drawn from another knowledge base; rerun "
+                             f"`nui data diagnosis --out {data_dir} --patients-only`")
+    p = Patients.load(data_dir / f"patients_{split}.npz")
+    if limit and limit < len(p):
+        end = int(p.indptr[limit])
+        p = Patients(disease=p.disease[:limit], age_years=p.age_years[:limit], sex=p.sex[:limit],
+                     indptr=p.indptr[: limit + 1], symptom=p.symptom[:end], value=p.value[:end])
+    return p
+
+
+def dev_metrics(model: DiagnosisModel, dev: Patients, device: torch.device) -> dict[str, float]:
+    logits = predict_logits(model, dev, device=device)
+    return classification_metrics(logits, dev.disease.astype(np.int64), dev.n_positive())
+
+
+def calibrate(model: DiagnosisModel, dev: Patients, device: torch.device) -> dict[str, float]:
+    """Fit the temperature on dev (minimum NLL, from T = 1) and keep it in the model if it lowers the dev
+    ECE (when the network is already calibrated, the NLL optimum can cost a little ECE)."""
+    model.temperature.fill_(1.0)
+    logits = predict_logits(model, dev, device=device)
+    targets = dev.disease.astype(np.int64)
+    fitted = fit_temperature(logits, targets)
+    before = reliability(np.exp(log_softmax(logits)), targets).ece
+    after = reliability(np.exp(log_softmax(logits / fitted)), targets).ece
+    kept = fitted if after < before else 1.0
+    model.temperature.fill_(kept)
+    return {"temperature": kept, "fitted_temperature": fitted, "dev_ece_before": before, "dev_ece_fitted": after,
+            "dev_nll_before": nll(logits, targets), "dev_nll_fitted": nll(logits / fitted, targets)}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) training; returns the run folder."""
+    info = distributed.init_distributed(cfg.run.device)
+    distributed.seed_everything(cfg.run.seed, cfg.run.deterministic)
+    run_dir = Path(cfg.run.out_dir)
+    data_dir = Path(cfg.data.dir)
+    kb = KnowledgeBase.load(data_dir)
+    train_p = load_split(data_dir, "train", kb, cfg.data.train_limit)
+    dev_p = load_split(data_dir, "dev", kb, cfg.data.dev_limit)
+    model_cfg = cfg.model.build_config(kb.n_symptoms, kb.n_diseases, kb.fingerprint())
+    model = build(model_cfg).to(info.device)
+    optimizer = make_optimizer(model, cfg.optim)
+    amp_mode = amp.resolve_amp(cfg.run.amp, info.device)
+    scaler = amp.make_scaler(amp_mode, info.device)
+    steps_per_epoch = len(train_p) // (cfg.data.batch_size * info.world_size)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_p)} training patients make no batch of {cfg.data.batch_size} x "
+                         f"{info.world_size} ranks")
+    total_steps = steps_per_epoch * cfg.run.epochs
+
+    state = checkpoint.RunState()
+    latest = checkpoint.latest_checkpoint(run_dir) if cfg.run.resume else None
+    if latest is not None:
+        loaded = checkpoint.load_checkpoint(latest, model=model, optimizer=optimizer)
+        state = loaded.state
+        if loaded.scaler:
+            scaler.load_state_dict(loaded.scaler)
+        if info.is_main:
+            logger.info("resumed from %s at step %d (epoch %d, batch %d)", latest, state.step, state.epoch,
+                        state.batch_in_epoch)
+    recipe = to_dict(cfg)
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(json.dumps(recipe, indent=2))
+        n_params = sum(p.numel() for p in model.parameters())
+        logger.info("model %s: %.2fM parameters, %d symptoms -> %d diseases; %d train / %d dev patients; "
+                    "%d ranks on %s; amp=%s; %d steps/epoch", cfg.model.preset, n_params / 1e6, kb.n_symptoms,
+                    kb.n_diseases, len(train_p), len(dev_p), info.world_size, info.device, amp_mode,
+                    steps_per_epoch)
+    ddp: torch.nn.Module = DistributedDataParallel(model) if info.world_size > 1 else model
+
+    writer = None
+    if info.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+
+    def save() -> None:
+        if info.is_main:
+            checkpoint.save_checkpoint(run_dir, model=model, model_name=MODEL_NAME,
+                                       model_config=model_cfg.to_dict(), optimizer=optimizer, state=state,
+                                       scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
+                                       recipe=recipe)
+        distributed.barrier()
+
+    losses: list[tuple[int, float]] = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
+    model.train()
+    while state.epoch < cfg.run.epochs:
+        batches = epoch_batches(len(train_p), cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
+                                state.epoch)
+        bar = tqdm(range(state.batch_in_epoch, len(batches)), total=len(batches), initial=state.batch_in_epoch,
+                   disable=not info.is_main, desc=f"epoch {state.epoch + 1}", dynamic_ncols=True,
+                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
+        t0, seen = time.perf_counter(), 0
+        for bi in bar:
+            rng = np.random.default_rng([cfg.run.seed, state.epoch, bi, info.rank])
+            batch = make_batch(train_p, batches[bi], kb.n_symptoms, cfg.masking, rng).to(info.device)
+            lr = lr_at(state.step, total_steps, cfg.optim)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            with amp.autocast(amp_mode, info.device):
+                logits = ddp(batch.evidence, batch.age_years, batch.sex)
+            loss = F.cross_entropy(logits.float(), batch.disease)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            state.step += 1
+            state.batch_in_epoch += 1
+            seen += len(batch.disease)
+            if state.step % cfg.run.log_every_steps == 0:
+                loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
+                speed = seen * info.world_size / (time.perf_counter() - t0)
+                losses.append((state.step, loss_v))
+                state.history.append({"step": state.step, "loss": loss_v})
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss_v, state.step)
+                    writer.add_scalar("train/lr", lr, state.step)
+                    writer.add_scalar("train/grad_norm", float(grad_norm), state.step)
+                    writer.add_scalar("train/patients_per_s", speed, state.step)
+                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.2e}", pps=f"{speed:.0f}")
+            if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
+                save()
+                logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
+                return run_dir
+            if state.step % cfg.run.save_every_steps == 0:
+                save()
+        bar.close()
+        state.epoch += 1
+        state.batch_in_epoch = 0
+        if info.is_main and len(dev_p):
+            m = dev_metrics(model, dev_p, info.device)
+            state.history.append({"epoch": state.epoch, "step": state.step, **m})
+            logger.info("epoch %d: dev top-1 %.2f%% top-5 %.2f%% (>=3 present: top-5 %.2f%%) NLL %.3f "
+                        "ECE %.2f%% (%d patients)", state.epoch, 100 * m["top1"], 100 * m["top5"],
+                        100 * m["top5_ge3"], m["nll"], 100 * m["ece"], int(m["n"]))
+            if writer is not None:
+                for k in ("top1", "top5", "nll", "ece"):
+                    writer.add_scalar(f"dev/{k}", m[k], state.step)
+            if state.best_score is None or m["top1"] > state.best_score:
+                state.best_score = m["top1"]
+        save()
+
+    if info.is_main and cfg.run.calibrate and len(dev_p):
+        c = calibrate(model, dev_p, info.device)
+        state.history.append({"calibration": True, "step": state.step, **c})
+        logger.info("temperature %.3f fitted on dev: NLL %.3f -> %.3f, ECE %.2f%% -> %.2f%%; kept T = %.3f",
+                    c["fitted_temperature"], c["dev_nll_before"], c["dev_nll_fitted"], 100 * c["dev_ece_before"],
+                    100 * c["dev_ece_fitted"], c["temperature"])
+    if cfg.run.calibrate:
+        save()
+    if info.is_main:
+        epochs = [h for h in state.history if "top1" in h]
+        calib = [h for h in state.history if h.get("calibration")]
+        (run_dir / "metrics.json").write_text(json.dumps(
+            {"history": epochs, "calibration": calib[-1] if calib else None, "steps": state.step}, indent=2))
+        plot_curves(run_dir / "curves.png", losses, epochs, ["top1", "top5"], f"diagnosis {cfg.model.preset}")
+        if writer is not None:
+            writer.close()
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.diagnosis", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, required=True, help="YAML recipe")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.epochs=2")
+    args = parser.parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_recipe(args.recipe, TrainConfig, args.overrides)
+    except (OSError, ValueError) as e:
+        parser.error(str(e))
+    try:
+        train(cfg)
+    finally:
+        distributed.shutdown_distributed()
+    return 0
