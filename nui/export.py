@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-manifest", type=Path, help="clips for the parity gate (default: seeded noise)")
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--lm-dir", type=Path, help="folder with lm.arpa and unigrams.txt (nui data lm)")
-    p.add_argument("--decoder", type=Path, help="JSON of beam options tuned on dev (alpha, beta, ...)")
+    p.add_argument("--decoder", type=Path,
+                   help="beam options tuned on dev: a JSON of BeamOptions fields, or `nui eval speech --out` results")
     p.add_argument("--with-weights", action="store_true",
                    help="also publish the weights as FP16 safetensors (weights.fp16.safetensors), for fine-tuning")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
@@ -61,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
             save_weights(fp16, model, MODEL_NAME, model.cfg.to_dict(), dtype=torch.float16)
             extra_files["weights.fp16.safetensors"] = fp16
         if args.decoder:
-            extras["decoder"] = json.loads(args.decoder.read_text())
+            decoder = json.loads(args.decoder.read_text())
+            # `nui eval speech --out` results hold the tuned options under "decoder".
+            extras["decoder"] = decoder.get("decoder", decoder)
         path, manifest = export_speech_ctc(
             model, args.repo, args.model_name, args.version, dev_clips=clips, atol=args.atol,
             source_checkpoint_sha256=sha256_file(weights), extra_files=extra_files, extras=extras)

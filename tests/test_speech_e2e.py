@@ -106,3 +106,19 @@ def test_nui_transcribe_in_process_and_against_the_server_agree(published: tuple
     remote = nui("transcribe", *clips, "--server", server_address, "--no-lm").stdout
     assert local == remote
     assert local.count("\n") >= len(clips)
+
+
+@pytest.mark.slow
+def test_nui_eval_reports_greedy_lm_and_pocketsphinx_on_the_same_clips(published: tuple[Path, Path],
+                                                                       tiny_speech_corpus: Path,
+                                                                       tmp_path: Path) -> None:
+    run, _ = published
+    out = tmp_path / "eval.json"
+    nui("eval", "speech", "--checkpoint", str(run), "--manifest", str(tiny_speech_corpus / "test.jsonl"),
+        "--lm-dir", str(run.parent / "lm"), "--tune-manifest", str(tiny_speech_corpus / "dev.jsonl"),
+        "--alphas", "0.5", "--betas", "0,1", "--sample", "3", "--out", str(out))
+    results = json.loads(out.read_text())
+    assert [r["system"] for r in results["rows"]] == ["nui greedy", "nui beam + 3-gram LM", "pocketsphinx 5.1.1"]
+    assert results["clips"] == 3 and len(results["tuning"]["grid"]) == 2
+    assert all(r["wer"] >= 0.0 and r["x_real_time"] > 0 for r in results["rows"])
+    assert sum(results["group_clips"][g] for g in results["group_clips"] if g.startswith("voice:")) == 3

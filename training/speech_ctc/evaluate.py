@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +53,18 @@ def log_probs_of(model: SpeechCTC, utts: list[Utterance], batch_size: int = 16) 
         for j, i in enumerate(idx):
             out[i] = lp[j, : int(n[j])].numpy()
     return out, seconds
+
+
+def group_indices(utts: list[Utterance]) -> dict[str, list[int]]:
+    """Clip indices by voice engine ("voice:espeak", from the speaker id) and by sentence source
+    ("text:grammar", from the sentence id); groups with no clips are left out."""
+    groups: dict[str, list[int]] = {}
+    for i, u in enumerate(utts):
+        for key in (f"voice:{u.speaker.split('-')[0]}" if u.speaker else "",
+                    f"text:{u.sentence_id.split('-')[0]}" if u.sentence_id else ""):
+            if key:
+                groups.setdefault(key, []).append(i)
+    return dict(sorted(groups.items()))
 
 
 def wer_cer(refs: list[str], hyps: list[str]) -> dict[str, float]:
@@ -103,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--manifest", type=Path, required=True, help="evaluation clips (held-out voices)")
-    p.add_argument("--limit", type=int, default=0, help="first N clips only (0 = all)")
+    p.add_argument("--sample", type=int, default=0,
+                   help="a seeded random sample of N clips (0 = all), e.g. to keep pocketsphinx's run short")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lm-dir", type=Path, help="lm.arpa + unigrams.txt from `nui data lm`")
     p.add_argument("--tune-manifest", type=Path, help="dev clips to tune alpha/beta on (not the test clips)")
     p.add_argument("--tune-limit", type=int, default=300)
@@ -119,14 +134,17 @@ def main(argv: list[str] | None = None) -> int:
     model, _ = load_model(args.checkpoint)
     frame_s = model.cfg.frame_s
     utts = read_manifest(args.manifest)
-    if args.limit:
-        utts = utts[: args.limit]
+    if args.sample and args.sample < len(utts):
+        keep = sorted(np.random.default_rng(args.seed).choice(len(utts), args.sample, replace=False).tolist())
+        utts = [utts[i] for i in keep]
     refs = [normalize_text(u.text) for u in utts]
     audio_s = sum(u.duration_s for u in utts)
     lps, am_seconds = log_probs_of(model, utts)
-    results: dict[str, Any] = {"manifest": str(args.manifest), "clips": len(utts), "audio_hours": audio_s / 3600,
+    results: dict[str, Any] = {"command": "nui eval speech " + " ".join(sys.argv[2:] if argv is None else argv),
+                               "manifest": str(args.manifest), "clips": len(utts), "audio_hours": audio_s / 3600,
                                "voices": sorted({u.speaker for u in utts}), "checkpoint": str(args.checkpoint)}
-    rows = [("nui greedy", wer_cer(refs, [greedy_decode(lp) for lp in lps]), audio_s / am_seconds)]
+    systems: list[tuple[str, list[str], float]] = [
+        ("nui greedy", [greedy_decode(lp) for lp in lps], audio_s / am_seconds)]
     if args.lm_dir:
         opts = BeamOptions(beam_width=args.beam_width)
         if args.tune_manifest:
@@ -139,16 +157,25 @@ def main(argv: list[str] | None = None) -> int:
         decoder = CTCBeamDecoder(args.lm_dir / "lm.arpa", (args.lm_dir / "unigrams.txt").read_text().split(), opts)
         t0 = time.perf_counter()
         hyps = beam_hyps(decoder, lps, frame_s)
-        rows.append(("nui beam + 3-gram LM", wer_cer(refs, hyps), audio_s / (am_seconds + time.perf_counter() - t0)))
+        systems.append(("nui beam + 3-gram LM", hyps, audio_s / (am_seconds + time.perf_counter() - t0)))
         results["decoder"] = asdict(opts)
     if not args.no_pocketsphinx:
         ps_hyps, ps_seconds = pocketsphinx_hyps(utts)
-        rows.append(("pocketsphinx 5.1.1", wer_cer(refs, ps_hyps), audio_s / ps_seconds))
-    results["rows"] = [{"system": name, **m, "x_real_time": rt} for name, m, rt in rows]
-    print(f"\n{len(utts)} clips, {audio_s / 60:.1f} min, voices: {', '.join(results['voices'])}")
+        systems.append(("pocketsphinx 5.1.1", ps_hyps, audio_s / ps_seconds))
+    groups = group_indices(utts)
+    results["rows"] = [{"system": name, **wer_cer(refs, hyps), "x_real_time": rt,
+                        "by_group": {g: wer_cer([refs[i] for i in idx], [hyps[i] for i in idx])["wer"]
+                                     for g, idx in groups.items()}}
+                       for name, hyps, rt in systems]
+    results["group_clips"] = {g: len(idx) for g, idx in groups.items()}
+    print(f"\n{len(utts)} clips, {audio_s / 60:.1f} min, {len(results['voices'])} voices")
     print(f"{'system':<24} {'WER %':>7} {'CER %':>7} {'x real time':>12}")
-    for name, m, rt in rows:
-        print(f"{name:<24} {100 * m['wer']:7.2f} {100 * m['cer']:7.2f} {rt:12.1f}")
+    for row in results["rows"]:
+        print(f"{row['system']:<24} {100 * row['wer']:7.2f} {100 * row['cer']:7.2f} {row['x_real_time']:12.1f}")
+    print("\nWER % by synthesizer of the (held-out) voice and by sentence source:")
+    print(f"{'group':<22} {'clips':>6} " + " ".join(f"{r['system'][:20]:>21}" for r in results["rows"]))
+    for g, idx in groups.items():
+        print(f"{g:<22} {len(idx):6d} " + " ".join(f"{100 * r['by_group'][g]:21.2f}" for r in results["rows"]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
