@@ -8,6 +8,9 @@
     nui export speech --checkpoint RUN_OR_CKPT --repo model_repository [--dev-manifest ...] [--lm-dir ...]
     nui serve [--repo model_repository] [--port 50051]
     nui transcribe clip.wav [--server host:port]
+    nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
+    nui eval dialog --repo model_repository --data data/diagnosis [--patients 500]
+    nui diagnose --symptom HP:0001945 --absent HP:0002315 [--server host:port]
 
 Subcommand modules are imported only when used, so `nui serve` never imports torch.
 """
@@ -29,8 +32,11 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("eval", "speech"): "training.speech_ctc.evaluate:main",
     ("eval", "diagnosis"): "training.diagnosis.evaluate:main",
     ("export", "speech"): "nui.export:main",
+    ("export", "diagnosis"): "nui.export_diagnosis:export_main",
+    ("eval", "dialog"): "nui.export_diagnosis:dialog_main",
     ("serve", None): "server.main:main",
     ("transcribe", None): "server.transcribe:main",
+    ("diagnose", None): "server.diagnose:main",
 }
 TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis"}
 

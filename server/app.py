@@ -1,4 +1,5 @@
-"""The gRPC server: every model of a repository behind `nui.v1.Speech`, with health and reflection.
+"""The gRPC server: every model of a repository behind `nui.v1.Speech` and `nui.v1.Diagnosis` (when the
+repository holds a diagnosis model), with health and reflection.
 
     nui serve --repo model_repository --port 50051          # see server/main.py
     grpcurl -plaintext 127.0.0.1:50051 list                  # reflection
@@ -23,16 +24,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import speech_pb2, speech_pb2_grpc
+from proto import diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.audio import AudioLimits
 from server.batcher import DynamicBatcher
-from server.repository import describe, load_speech_models
+from server.diagnosis import Case, DiagnosisResult, DiagnosisServingModel
+from server.diagnosis_service import DiagnosisServicer, ServedDiagnosisModel
+from server.repository import describe, load_models
 from server.speech_ctc import Recognition, SpeechCTCModel, Utterance
 from server.speech_service import ServedModel, SpeechServicer
 
 logger = logging.getLogger(__name__)
 
 SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name  # "nui.v1.Speech"
+DIAGNOSIS_SERVICE = diagnosis_pb2.DESCRIPTOR.services_by_name["Diagnosis"].full_name  # "nui.v1.Diagnosis"
 
 
 @dataclass(frozen=True)
@@ -66,11 +70,13 @@ class SpeechServer:
 
     def __init__(self, server: grpc.aio.Server, host: str, port: int,
                  served: dict[str, dict[int, ServedModel]],
-                 health_servicer: health.aio.HealthServicer) -> None:
+                 health_servicer: health.aio.HealthServicer,
+                 diagnosis: dict[str, dict[int, ServedDiagnosisModel]] | None = None) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.served = served
+        self.diagnosis = diagnosis or {}
         self.health = health_servicer
 
     @property
@@ -81,7 +87,8 @@ class SpeechServer:
         """NOT_SERVING, refuse new calls, let in-flight ones finish (up to grace_s), drain the batchers."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
-        batchers = [s.batcher for versions in self.served.values() for s in versions.values()]
+        batchers: list[DynamicBatcher] = [s.batcher for vs in self.served.values() for s in vs.values()]
+        batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
         await asyncio.gather(*(b.close() for b in batchers))
         logger.info("server on %s stopped", self.address)
 
@@ -93,11 +100,22 @@ def _serve_model(model: SpeechCTCModel, config: ServerConfig) -> ServedModel:
     return ServedModel(model, batcher)
 
 
-async def start_server(config: ServerConfig,
-                       models: dict[str, dict[int, SpeechCTCModel]] | None = None) -> SpeechServer:
-    """Load the repository (or use `models`, already loaded), bind, start, report SERVING."""
-    if models is None:
-        models = await asyncio.to_thread(load_speech_models, config.repo, config.intra_op_threads)
+def _serve_diagnosis(model: DiagnosisServingModel, config: ServerConfig) -> ServedDiagnosisModel:
+    batcher: DynamicBatcher[Case, DiagnosisResult] = DynamicBatcher(
+        model.run_batch, config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size,
+        name=f"{model.name}-v{model.version}")
+    return ServedDiagnosisModel(model, batcher)
+
+
+async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechCTCModel]] | None = None,
+                       diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None
+                       ) -> SpeechServer:
+    """Load the repository (or use `models` / `diagnosis_models`, already loaded: then only those are
+    served), bind, start, report SERVING. `nui.v1.Diagnosis` is registered when a diagnosis model is."""
+    if models is None and diagnosis_models is None:
+        models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
+    models = models or {}
+    diagnosis_models = diagnosis_models or {}
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", config.max_message_bytes),
         ("grpc.max_send_message_length", config.max_message_bytes),
@@ -111,16 +129,23 @@ async def start_server(config: ServerConfig,
               for name, versions in models.items()}
     limits = AudioLimits(max_duration_s=config.max_audio_s)
     speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(served, limits), server)
+    model_services = [SPEECH_SERVICE]
+    diagnosis = {name: {v: _serve_diagnosis(m, config) for v, m in versions.items()}
+                 for name, versions in diagnosis_models.items()}
+    if diagnosis:
+        diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(DiagnosisServicer(diagnosis), server)
+        model_services.append(DIAGNOSIS_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [SPEECH_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME]
+    services = [*model_services, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(services, server)
     await server.start()
-    for service in ("", SPEECH_SERVICE):
+    for service in ("", *model_services):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    running = SpeechServer(server, config.host, port, served, health_servicer)
-    logger.info("serving %s on %s (max batch %d, max queue delay %g ms)", describe(models), running.address,
-                config.max_batch_size, config.max_queue_delay_ms)
+    running = SpeechServer(server, config.host, port, served, health_servicer, diagnosis)
+    logger.info("serving %s on %s (max batch %d, max queue delay %g ms)",
+                describe({**models, **diagnosis_models}), running.address, config.max_batch_size,
+                config.max_queue_delay_ms)
     return running
 
 

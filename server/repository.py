@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from engines.engine import load_engine
-from engines.manifest import model_versions, version_dir
+from engines.manifest import model_versions, read_manifest, version_dir
+from server.diagnosis import TASK as DIAGNOSIS_TASK
+from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
 from server.errors import invalid_argument, not_found
 from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
 
@@ -36,30 +38,50 @@ def load_speech_models(repo: Path,
                        intra_op_threads: int | None = None) -> dict[str, dict[int, SpeechCTCModel]]:
     """{model name: {version: model}} for every speech_ctc model version under `repo`.
 
-    Models of other tasks are skipped with a warning; ValueError when the repository is missing, holds
-    no speech model, or any manifest, checksum, ONNX graph or language model does not match or load.
+    Models of other tasks are skipped (with a warning unless they are diagnosis models); ValueError when
+    the repository is missing, holds no speech model, or any manifest, checksum, ONNX graph or language
+    model does not match or load.
+    """
+    speech, _ = load_models(repo, intra_op_threads, tasks=(TASK,))
+    return speech
+
+
+def load_models(repo: Path, intra_op_threads: int | None = None,
+                tasks: tuple[str, ...] = (TASK, DIAGNOSIS_TASK)
+                ) -> tuple[dict[str, dict[int, SpeechCTCModel]], dict[str, dict[int, DiagnosisServingModel]]]:
+    """(speech models, diagnosis models), each {model name: {version: model}}, of the given tasks.
+
+    ValueError when the repository is missing or holds no model of those tasks, or when any manifest,
+    checksum, ONNX graph, language model or knowledge table does not match or load.
     """
     repo = Path(repo)
     if not repo.is_dir():
         raise ValueError(f"model repository {repo} does not exist")
-    loaded: dict[str, dict[int, SpeechCTCModel]] = {}
+    speech: dict[str, dict[int, SpeechCTCModel]] = {}
+    diagnosis: dict[str, dict[int, DiagnosisServingModel]] = {}
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = model_versions(repo, model_dir.name)
         if not versions:
             logger.warning("%s has no numbered version folders; skipped", model_dir)
             continue
         for version in versions:
-            engine = load_engine(repo, model_dir.name, version, intra_op_threads)
-            if engine.manifest.task != TASK:
-                logger.warning("%s v%d is a %r model; this server serves %r only; skipped",
-                               engine.name, version, engine.manifest.task, TASK)
+            folder = version_dir(repo, model_dir.name, version)
+            task = read_manifest(folder, verify=False).task
+            if task not in tasks:
+                if task not in (TASK, DIAGNOSIS_TASK):
+                    logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
+                                   model_dir.name, version, task, " and ".join(map(repr, tasks)))
                 continue
-            lm_decoder = load_lm_decoder(version_dir(repo, engine.name, version), engine.manifest)
-            loaded.setdefault(engine.name, {})[version] = SpeechCTCModel(engine, lm_decoder)
-    if not loaded:
-        raise ValueError(f"model repository {repo} holds no {TASK} model (expected <model>/<version>/"
-                         "manifest.json)")
-    return loaded
+            engine = load_engine(repo, model_dir.name, version, intra_op_threads)
+            if task == TASK:
+                speech.setdefault(engine.name, {})[version] = SpeechCTCModel(
+                    engine, load_lm_decoder(folder, engine.manifest))
+            else:
+                diagnosis.setdefault(engine.name, {})[version] = load_diagnosis_model(engine, folder)
+    if not speech and not diagnosis:
+        raise ValueError(f"model repository {repo} holds no {' or '.join(tasks)} model (expected "
+                         "<model>/<version>/manifest.json)")
+    return speech, diagnosis
 
 
 def resolve(models: Mapping[str, Mapping[int, M]], name: str, version: int) -> M:
