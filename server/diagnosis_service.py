@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -18,10 +17,8 @@ import grpc
 from proto import diagnosis_pb2, diagnosis_pb2_grpc
 from server.batcher import DynamicBatcher
 from server.diagnosis import DEFAULT_MODEL, Case, DiagnosisResult, DiagnosisServingModel, FindingIn
-from server.errors import invalid_argument
+from server.errors import checked_request_id, status_of
 from server.repository import resolve
-from server.speech_service import MAX_REQUEST_ID_CHARS
-from server.speech_service import _error_status as error_status
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +30,7 @@ class ServedDiagnosisModel:
 
 
 def request_id_of(request: diagnosis_pb2.DiagnoseRequest) -> str:
-    rid = request.request_id
-    if not rid:
-        return uuid.uuid4().hex[:16]
-    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
-        raise invalid_argument(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters "
-                               f"(got {len(rid)})")
-    return rid
+    return checked_request_id(request.request_id)
 
 
 def findings_of(items: object) -> list[FindingIn]:
@@ -88,7 +79,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
             result = await served.batcher.submit(case, deadline=deadline)
             response = to_response(result, served.model.name, served.model.version, request_id)
         except Exception as e:  # every failure becomes a status below; abort() must run outside this block
-            code, message = error_status(e, request_id)
+            code, message = status_of(e, request_id)
         else:
             logger.debug("request %s: OK, %d findings, %.1f ms", request_id, n_findings,
                          1e3 * (time.monotonic() - started))

@@ -6,7 +6,16 @@ Validation raises it before a request is queued; the servicer turns it into
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import grpc
+
+from server.batcher import BatcherClosedError, DeadlineExceededError, QueueFullError
+
+logger = logging.getLogger(__name__)
+
+MAX_REQUEST_ID_CHARS = 128
 
 
 class RequestError(Exception):
@@ -28,3 +37,27 @@ def out_of_range(message: str) -> RequestError:
 
 def not_found(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.NOT_FOUND, message)
+
+
+def checked_request_id(request_id: str) -> str:
+    """The caller's request id (short, printable) or a fresh one when empty."""
+    if not request_id:
+        return uuid.uuid4().hex[:16]
+    if len(request_id) > MAX_REQUEST_ID_CHARS or not request_id.isprintable():
+        raise invalid_argument(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters "
+                               f"(got {len(request_id)})")
+    return request_id
+
+
+def status_of(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The gRPC status for a failed request; unexpected errors are logged and answered INTERNAL."""
+    if isinstance(error, RequestError):
+        return error.code, error.message
+    if isinstance(error, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {error}; retry with backoff"
+    if isinstance(error, DeadlineExceededError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
+    if isinstance(error, BatcherClosedError):
+        return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another server"
+    logger.error("request %s: internal error", request_id, exc_info=error)
+    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -20,14 +19,13 @@ import grpc
 
 from proto import speech_pb2, speech_pb2_grpc
 from server.audio import AudioEncoding, AudioLimits
-from server.batcher import BatcherClosedError, DeadlineExceededError, DynamicBatcher, QueueFullError
-from server.errors import RequestError, invalid_argument
+from server.batcher import DynamicBatcher
+from server.errors import checked_request_id, invalid_argument, status_of
 from server.repository import resolve
 from server.speech_ctc import DecodeOptions, Recognition, SpeechCTCModel, Utterance
 
 logger = logging.getLogger(__name__)
 
-MAX_REQUEST_ID_CHARS = 128
 
 _ENCODINGS = {
     speech_pb2.ENCODING_UNSPECIFIED: AudioEncoding.AUTO,
@@ -58,14 +56,7 @@ def request_options(config: speech_pb2.RecognitionConfig) -> tuple[AudioEncoding
 
 
 def request_id_of(request: speech_pb2.RecognizeRequest) -> str:
-    """The caller's id (checked: short, printable) or a fresh one."""
-    rid = request.request_id
-    if not rid:
-        return uuid.uuid4().hex[:16]
-    if len(rid) > MAX_REQUEST_ID_CHARS or not rid.isprintable():
-        raise invalid_argument(f"request_id must be at most {MAX_REQUEST_ID_CHARS} printable characters "
-                               f"(got {len(rid)})")
-    return rid
+    return checked_request_id(request.request_id)
 
 
 def to_response(recognition: Recognition, model: str, version: int, request_id: str
@@ -77,19 +68,6 @@ def to_response(recognition: Recognition, model: str, version: int, request_id: 
         for hyp in recognition.alternatives])
     return speech_pb2.RecognizeResponse(results=[result], audio_duration_s=recognition.audio_duration_s,
                                         model=model, model_version=version, request_id=request_id)
-
-
-def _error_status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
-    if isinstance(error, RequestError):
-        return error.code, error.message
-    if isinstance(error, QueueFullError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {error}; retry with backoff"
-    if isinstance(error, DeadlineExceededError):
-        return grpc.StatusCode.DEADLINE_EXCEEDED, str(error)
-    if isinstance(error, BatcherClosedError):
-        return grpc.StatusCode.UNAVAILABLE, "the server is shutting down; retry on another server"
-    logger.error("request %s: internal error", request_id, exc_info=error)
-    return grpc.StatusCode.INTERNAL, f"internal error (request id {request_id})"
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
@@ -107,7 +85,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             request_id = request_id_of(request)
             response = await self._recognize(request, request_id, context.time_remaining())
         except Exception as e:  # every failure becomes a status below; abort() must run outside this block
-            code, message = _error_status(e, request_id)
+            code, message = status_of(e, request_id)
         else:
             logger.debug("request %s: OK, %d audio bytes, %.2f s audio, %.1f ms", request_id,
                          len(request.audio), response.audio_duration_s, 1e3 * (time.monotonic() - started))
