@@ -1,4 +1,4 @@
-"""`nui serve`: run the speech recognition gRPC server over a model repository.
+"""`nui serve`: run the gRPC server (speech recognition, diagnosis) over a model repository.
 
     nui serve --repo model_repository --host 127.0.0.1 --port 50051 --max-batch-size 16 --max-queue-delay-ms 5
     python -m server.main --repo model_repository --port 0     # any free port; the address is printed
@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig(repo=Path())
-    p = argparse.ArgumentParser(prog="nui serve", description="Serve speech recognition over gRPC.")
+    p = argparse.ArgumentParser(prog="nui serve", description="Serve every model of a repository over gRPC.")
     p.add_argument("--repo", type=Path, default=None,
                    help="model repository folder (default: the bundled model_repository)")
     p.add_argument("--host", default=d.host, help="address to bind (default %(default)s)")
