@@ -5,7 +5,7 @@
     nui train speech --nproc 2 --recipe ... (the same, launched for you)
 
 Writes `<run.out_dir>/checkpoints/step_N/` (exact resume), TensorBoard logs in `<out_dir>/tb`,
-per-epoch dev WER/CER in `<out_dir>/metrics.json` and `<out_dir>/curves.png`.
+per-epoch dev WER/CER in `<out_dir>/metrics.json` and `<out_dir>/curves.png` (rewritten every epoch).
 """
 
 from __future__ import annotations
@@ -112,7 +112,6 @@ def train(cfg: TrainConfig) -> Path:
                                        recipe=recipe)
         distributed.barrier()
 
-    losses: list[tuple[int, float]] = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
     model.train()
     while state.epoch < cfg.run.epochs:
         sampler = BucketBatchSampler(durations, cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
@@ -143,7 +142,6 @@ def train(cfg: TrainConfig) -> Path:
             if state.step % cfg.run.log_every_steps == 0:
                 loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
                 speed = audio_s * info.world_size / (time.perf_counter() - t0)
-                losses.append((state.step, loss_v))
                 state.history.append({"step": state.step, "loss": loss_v})
                 if writer is not None:
                     writer.add_scalar("train/loss", loss_v, state.step)
@@ -170,15 +168,20 @@ def train(cfg: TrainConfig) -> Path:
                 writer.add_scalar("dev/cer", metrics["cer"], state.step)
             if state.best_score is None or metrics["wer"] < state.best_score:
                 state.best_score = metrics["wer"]
+            write_report(run_dir, state, f"speech_ctc {cfg.model.preset}")
         save()
 
-    if info.is_main:
-        epochs = [h for h in state.history if "wer" in h]
-        (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": state.step}, indent=2))
-        plot_curves(run_dir / "curves.png", losses, epochs, ["wer", "cer"], f"speech_ctc {cfg.model.preset}")
-        if writer is not None:
-            writer.close()
+    if writer is not None:
+        writer.close()
     return run_dir
+
+
+def write_report(run_dir: Path, state: checkpoint.RunState, title: str) -> None:
+    """`metrics.json` (per-epoch dev metrics) and `curves.png`, rewritten after every epoch."""
+    losses = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
+    epochs = [h for h in state.history if "wer" in h]
+    (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": state.step}, indent=2))
+    plot_curves(run_dir / "curves.png", losses, epochs, ["wer", "cer"], title)
 
 
 def main(argv: list[str] | None = None) -> int:
