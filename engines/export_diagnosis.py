@@ -18,8 +18,6 @@ the engine and checksummed in `manifest.json` like every other file.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +30,7 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from engines.manifest import Manifest, TensorSpec, model_versions, sha256_file, write_manifest
+from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
 from models.diagnosis import DiagnosisModel
 from models.diagnosis_dialog import DiagnosisTables
 
@@ -166,11 +164,6 @@ def check_parity(model: DiagnosisModel, onnx_path: Path, evidence: np.ndarray, a
     return report
 
 
-def next_version(repo: Path, model_name: str) -> int:
-    versions = model_versions(repo, model_name)
-    return versions[-1] + 1 if versions else 1
-
-
 def export_diagnosis(model: DiagnosisModel, tables: DiagnosisTables, repo: Path, model_name: str = "diagnosis",
                      version: int | None = None, *, dev_inputs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
                      weights_dtype: str = "float16", atol: float | None = None,
@@ -187,13 +180,7 @@ def export_diagnosis(model: DiagnosisModel, tables: DiagnosisTables, repo: Path,
         raise ValueError(f"tables hold {len(tables.symptoms)} symptoms x {len(tables.diseases)} diseases, the "
                          f"model takes {cfg.n_symptoms} x {cfg.n_diseases}")
     atol = atol if atol is not None else DEFAULT_ATOL.get(weights_dtype, 0.0)
-    version = version if version is not None else next_version(repo, model_name)
-    final = repo / model_name / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; versions are immutable, pick another")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".export-{version}-"))
-    try:
+    with staged_version(repo, model_name, version) as (tmp, final):
         export_onnx(model, tmp / "model.onnx", weights_dtype)
         inputs = dev_inputs if dev_inputs is not None else random_evidence(256, cfg.n_symptoms)
         report = check_parity(model, tmp / "model.onnx", *inputs, atol=atol)
@@ -204,20 +191,13 @@ def export_diagnosis(model: DiagnosisModel, tables: DiagnosisTables, repo: Path,
                               f"{len(report.mismatches)} rows with a different top-5, e.g. rows "
                               f"{report.mismatches[:5]}")
         tables.save(tmp)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         ins, outs = tensor_specs(cfg.n_symptoms, cfg.n_diseases)
         manifest = Manifest(
-            model=model_name, task=TASK, config=cfg.to_dict(), inputs=ins, outputs=outs, files=files,
+            model=model_name, task=TASK, config=cfg.to_dict(), inputs=ins, outputs=outs, files=file_digests(tmp),
             engine="onnxruntime", precision="fp16-weights" if weights_dtype == "float16" else "fp32",
             opset=OPSET, source_checkpoint_sha256=source_checkpoint_sha256,
             parity={**report.to_dict(), "dev_data": dev_inputs is not None},
             extras={"size_bytes": sum(p.stat().st_size for p in tmp.iterdir() if p.is_file()), **(extras or {})},
         )
         write_manifest(tmp, manifest)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("published %s", final)
     return final, manifest
-

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from engines.manifest import Manifest, TensorSpec, model_versions, sha256_file, write_manifest
+from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
 from models.ctc_text import greedy_decode
 from models.speech_ctc import SpeechCTC
 
@@ -120,11 +119,6 @@ def noise_clips(n: int = 6, sample_rate_hz: int = 16000, seed: int = 0) -> list[
     return out
 
 
-def next_version(repo: Path, model_name: str) -> int:
-    versions = model_versions(repo, model_name)
-    return versions[-1] + 1 if versions else 1
-
-
 def export_speech_ctc(model: SpeechCTC, repo: Path, model_name: str = "speech_ctc", version: int | None = None,
                       *, dev_clips: list[np.ndarray] | None = None, atol: float = DEFAULT_ATOL,
                       source_checkpoint_sha256: str = "", extra_files: dict[str, Path] | None = None,
@@ -134,13 +128,7 @@ def export_speech_ctc(model: SpeechCTC, repo: Path, model_name: str = "speech_ct
     extra_files: name -> file copied next to the engine and checksummed (e.g. the LM). Raises
     ParityError (and publishes nothing) when the gate fails.
     """
-    version = version if version is not None else next_version(repo, model_name)
-    final = repo / model_name / str(version)
-    if final.exists():
-        raise FileExistsError(f"{final} already exists; versions are immutable, pick another")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".export-{version}-"))
-    try:
+    with staged_version(repo, model_name, version) as (tmp, final):
         export_onnx(model, tmp / "model.onnx")
         clips = dev_clips if dev_clips else noise_clips(sample_rate_hz=model.cfg.sample_rate_hz)
         report = check_parity(model, tmp / "model.onnx", clips, atol=atol)
@@ -151,18 +139,12 @@ def export_speech_ctc(model: SpeechCTC, repo: Path, model_name: str = "speech_ct
                               f"{len(report.mismatches)} transcript mismatches, e.g. {report.mismatches[:2]}")
         for name, src in (extra_files or {}).items():
             shutil.copyfile(src, tmp / name)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         manifest = Manifest(
             model=model_name, task="speech_ctc", config=model.cfg.to_dict(), inputs=INPUTS, outputs=OUTPUTS,
-            files=files, engine="onnxruntime", precision="fp32", opset=OPSET,
+            files=file_digests(tmp), engine="onnxruntime", precision="fp32", opset=OPSET,
             source_checkpoint_sha256=source_checkpoint_sha256,
             parity={**report.to_dict(), "dev_data": bool(dev_clips)},
             extras={"frame_s": model.cfg.frame_s, **(extras or {})},
         )
         write_manifest(tmp, manifest)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logger.info("published %s", final)
     return final, manifest

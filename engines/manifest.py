@@ -6,13 +6,19 @@ engine files it lists (with sha256). Versions are positive integers; the highest
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -111,3 +117,36 @@ def version_dir(repo: Path, model: str, version: int | None = None) -> Path:
     elif version not in versions:
         raise ValueError(f"model {model!r} has no version {version} under {repo}; present: {versions}")
     return repo / model / str(version)
+
+
+def next_version(repo: Path, model: str) -> int:
+    versions = model_versions(repo, model)
+    return versions[-1] + 1 if versions else 1
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file in `folder` (not recursive), by name, for `Manifest.files`."""
+    return {p.name: sha256_file(p) for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@contextlib.contextmanager
+def staged_version(repo: Path, model: str, version: int | None = None) -> Iterator[tuple[Path, Path]]:
+    """Stage a new version (default: the next number) of `model`: yields (staging folder, final folder).
+
+    Everything is written into the hidden staging folder, which is renamed into place only when the block
+    ends normally, so readers never see a half-written version; on an exception (a failed parity gate)
+    it is removed and nothing is published. Versions are immutable: an existing one is refused.
+    """
+    version = version if version is not None else next_version(repo, model)
+    final = repo / model / str(version)
+    if final.exists():
+        raise FileExistsError(f"{final} already exists; versions are immutable, pick another")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".export-{version}-"))
+    try:
+        yield tmp, final
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("published %s", final)

@@ -172,3 +172,19 @@ def load_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         name, keys, pos, has_gauss, cached = blob["numpy_rng"]
         np.random.set_state((name, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     return LoadedCheckpoint(state=RunState(**blob["run"]), scaler=blob["scaler"], recipe=blob["recipe"])
+
+
+def resume(run_dir: Path, *, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+           scaler: torch.amp.GradScaler, enabled: bool, log: bool) -> RunState:
+    """Continue from the run's latest checkpoint when there is one (and `enabled`), restoring weights,
+    optimizer, RNG and loss-scaler state; a fresh RunState otherwise."""
+    latest = latest_checkpoint(run_dir) if enabled else None
+    if latest is None:
+        return RunState()
+    loaded = load_checkpoint(latest, model=model, optimizer=optimizer)
+    if loaded.scaler:
+        scaler.load_state_dict(loaded.scaler)
+    if log:
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", latest, loaded.state.step,
+                    loaded.state.epoch, loaded.state.batch_in_epoch)
+    return loaded.state

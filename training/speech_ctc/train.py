@@ -79,16 +79,8 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = len(train_utts) // (cfg.data.batch_size * info.world_size)
     total_steps = steps_per_epoch * cfg.run.epochs
 
-    state = checkpoint.RunState()
-    latest = checkpoint.latest_checkpoint(run_dir) if cfg.run.resume else None
-    if latest is not None:
-        loaded = checkpoint.load_checkpoint(latest, model=model, optimizer=optimizer)
-        state = loaded.state
-        if loaded.scaler:
-            scaler.load_state_dict(loaded.scaler)
-        if info.is_main:
-            logger.info("resumed from %s at step %d (epoch %d, batch %d)", latest, state.step, state.epoch,
-                        state.batch_in_epoch)
+    state = checkpoint.resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, enabled=cfg.run.resume,
+                              log=info.is_main)
     recipe = to_dict(cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
