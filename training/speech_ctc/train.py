@@ -10,10 +10,8 @@ per-epoch dev WER/CER in `<out_dir>/metrics.json` and `<out_dir>/curves.png` (re
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -28,7 +26,8 @@ from tqdm import tqdm
 from models.ctc_text import greedy_decode
 from models.speech_ctc import SpeechCTC, build
 from training.common import amp, checkpoint, distributed
-from training.common.config import load_recipe, to_dict
+from training.common.config import to_dict
+from training.common.launch import recipe_main
 from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
@@ -177,20 +176,5 @@ def write_report(run_dir: Path, state: checkpoint.RunState, title: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.speech_ctc", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", type=Path, required=True, help="YAML recipe")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 run.epochs=2")
-    args = parser.parse_args(argv)
-    rank = int(os.environ.get("RANK", "0"))
-    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_recipe(args.recipe, TrainConfig, args.overrides)
-    except (OSError, ValueError) as e:
-        parser.error(str(e))
-    try:
-        train(cfg)
-    finally:
-        distributed.shutdown_distributed()
-    return 0
+    return recipe_main(argv, prog="python -m training.speech_ctc", description=__doc__, config_cls=TrainConfig,
+                       train=train)
