@@ -42,3 +42,15 @@ def autocast(mode: Literal["none", "fp16", "bf16"], device: torch.device) -> Ite
 def make_scaler(mode: Literal["none", "fp16", "bf16"], device: torch.device) -> torch.amp.GradScaler:
     """Dynamic loss scaling for FP16; a disabled (pass-through) scaler otherwise."""
     return torch.amp.GradScaler(device.type, enabled=(mode == "fp16"))
+
+
+def backward_and_step(loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, clip_grad_norm: float) -> torch.Tensor:
+    """Scaled backward, unscale, clip the FP32 gradients' global norm, step (skipped by the scaler on
+    inf/nan under FP16), update the loss scale. Returns the pre-clip gradient norm."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    return grad_norm

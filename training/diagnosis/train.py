@@ -141,11 +141,7 @@ def train(cfg: TrainConfig) -> Path:
             with amp.autocast(amp_mode, info.device):
                 logits = ddp(batch.evidence, batch.age_years, batch.sex)
             loss = F.cross_entropy(logits.float(), batch.disease)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            grad_norm = amp.backward_and_step(loss, model, optimizer, scaler, cfg.optim.clip_grad_norm)
             state.step += 1
             state.batch_in_epoch += 1
             seen += len(batch.disease)

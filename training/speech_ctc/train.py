@@ -122,11 +122,7 @@ def train(cfg: TrainConfig) -> Path:
             loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
                               batch.target_lengths.to(info.device), blank=0, reduction="mean",
                               zero_infinity=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_grad_norm)
-            scaler.step(optimizer)
-            scaler.update()
+            grad_norm = amp.backward_and_step(loss, model, optimizer, scaler, cfg.optim.clip_grad_norm)
             state.step += 1
             state.batch_in_epoch += 1
             audio_s += float(batch.audio_lengths.sum()) / model_cfg.sample_rate_hz
