@@ -83,6 +83,16 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], str, dict[str, An
     return load_file(str(path)), meta["model"], json.loads(meta["config"])
 
 
+def read_model_weights(path: Path, model_name: str) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """FP32 state dict and config of `model_name` from a run folder (latest checkpoint), a checkpoint
+    folder or a model.safetensors (FP32 or FP16), and the file they came from; ValueError for another model."""
+    weights = resolve_weights(path)
+    state, name, cfg = read_weights(weights)
+    if name != model_name:
+        raise ValueError(f"{weights} holds a {name!r} model, not {model_name}")
+    return {k: v.float() for k, v in state.items()}, cfg, weights
+
+
 def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, model_name: str, model_config: dict[str, Any],
                     optimizer: torch.optim.Optimizer, state: RunState, scaler_state: dict[str, Any] | None,
                     recipe: dict[str, Any], keep: int = 3) -> Path:

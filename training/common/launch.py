@@ -19,6 +19,17 @@ from training.common.config import load_recipe
 C = TypeVar("C")
 
 
+def log_train_step(writer: Any, step: int, loss: float, lr: float, grad_norm: float, rate_name: str,
+                   rate: float) -> None:
+    """TensorBoard scalars of one logged training step (rank 0 only: `writer` is None elsewhere)."""
+    if writer is None:
+        return
+    writer.add_scalar("train/loss", loss, step)
+    writer.add_scalar("train/lr", lr, step)
+    writer.add_scalar("train/grad_norm", grad_norm, step)
+    writer.add_scalar(f"train/{rate_name}", rate, step)
+
+
 def recipe_main(argv: list[str] | None, *, prog: str, description: str | None, config_cls: type[C],
                 train: Callable[[C], Any]) -> int:
     parser = argparse.ArgumentParser(prog=prog, description=description,

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from models.diagnosis import DiagnosisConfig, DiagnosisModel, build
-from training.common.checkpoint import read_weights, resolve_weights
+from training.common.checkpoint import read_model_weights
 from training.diagnosis.dataset import make_batch
 from training.diagnosis.patients import Patients
 
@@ -18,12 +18,9 @@ MODEL_NAME = "diagnosis"
 
 def load_model(path: Path) -> tuple[DiagnosisModel, Path]:
     """(model in eval mode with FP32 weights, the weights file it came from)."""
-    weights = resolve_weights(path)
-    state, name, cfg = read_weights(weights)
-    if name != MODEL_NAME:
-        raise ValueError(f"{weights} holds a {name!r} model, not {MODEL_NAME}")
+    state, cfg, weights = read_model_weights(path, MODEL_NAME)
     model = build(DiagnosisConfig.from_dict(cfg))
-    model.load_state_dict({k: v.float() for k, v in state.items()})
+    model.load_state_dict(state)
     return model.eval(), weights
 
 

@@ -27,7 +27,7 @@ from models.ctc_text import greedy_decode
 from models.speech_ctc import SpeechCTC, build
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
-from training.common.launch import recipe_main
+from training.common.launch import log_train_step, recipe_main
 from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
@@ -130,11 +130,7 @@ def train(cfg: TrainConfig) -> Path:
                 loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
                 speed = audio_s * info.world_size / (time.perf_counter() - t0)
                 state.history.append({"step": state.step, "loss": loss_v})
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss_v, state.step)
-                    writer.add_scalar("train/lr", lr, state.step)
-                    writer.add_scalar("train/grad_norm", float(grad_norm), state.step)
-                    writer.add_scalar("train/audio_s_per_s", speed, state.step)
+                log_train_step(writer, state.step, loss_v, lr, float(grad_norm), "audio_s_per_s", speed)
                 bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.2e}", rt=f"{speed:.0f}x")
             if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
                 save()
