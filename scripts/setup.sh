@@ -33,6 +33,6 @@ if [[ ",$EXTRAS," == *",train,"* ]]; then
 fi
 if [ -n "$EXTRAS" ]; then "${PIP[@]}" -e ".[$EXTRAS]"; else "${PIP[@]}" -e .; fi
 # grpcio-tools generates the stubs; it is a dev extra, so install it alone for a serving-only setup.
-.venv/bin/python -c "import grpc_tools" 2>/dev/null || "${PIP[@]}" "grpcio-tools==1.78.0"
+.venv/bin/python -c "import grpc_tools" 2>/dev/null || "${PIP[@]}" "grpcio-tools==1.81.1"
 bash scripts/gen_stubs.sh
 echo "setup: ok (.venv, extras: ${EXTRAS:-none})"
