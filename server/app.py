@@ -107,11 +107,47 @@ def _serve_diagnosis(model: DiagnosisServingModel, config: ServerConfig) -> Serv
     return ServedDiagnosisModel(model, batcher)
 
 
+@dataclass
+class ServingContext:
+    """What a service registration gets: the config and the served models, {name: {version: served}}.
+
+    The dicts are shared with the servicers and may be changed in place while serving (model reload)."""
+
+    config: ServerConfig
+    speech: dict[str, dict[int, ServedModel]]
+    diagnosis: dict[str, dict[int, ServedDiagnosisModel]]
+
+
+# A service registration adds its servicer to the server when it has something to serve and returns the
+# full names of the services it added (health reports each, reflection lists each); [] when skipped.
+ServiceRegistration = Callable[[grpc.aio.Server, ServingContext], list[str]]
+
+
+def _register_speech(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+    limits = AudioLimits(max_duration_s=ctx.config.max_audio_s)
+    speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(ctx.speech, limits), server)
+    return [SPEECH_SERVICE]
+
+
+def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+    if not ctx.diagnosis:
+        return []
+    diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(DiagnosisServicer(ctx.diagnosis), server)
+    return [DIAGNOSIS_SERVICE]
+
+
+# Every service the server offers, one registration each (add yours here).
+SERVICES: list[ServiceRegistration] = [
+    _register_speech,
+    _register_diagnosis,
+]
+
+
 async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechCTCModel]] | None = None,
                        diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None
                        ) -> SpeechServer:
     """Load the repository (or use `models` / `diagnosis_models`, already loaded: then only those are
-    served), bind, start, report SERVING. `nui.v1.Diagnosis` is registered when a diagnosis model is."""
+    served), bind, register every service of SERVICES, start, report SERVING."""
     if models is None and diagnosis_models is None:
         models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
     models = models or {}
@@ -125,16 +161,13 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         port = server.add_insecure_port(host_port(config.host, config.port))
     except RuntimeError as e:
         raise OSError(f"cannot listen on {host_port(config.host, config.port)}: {e}") from e
-    served = {name: {v: _serve_model(m, config) for v, m in versions.items()}
-              for name, versions in models.items()}
-    limits = AudioLimits(max_duration_s=config.max_audio_s)
-    speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(served, limits), server)
-    model_services = [SPEECH_SERVICE]
-    diagnosis = {name: {v: _serve_diagnosis(m, config) for v, m in versions.items()}
-                 for name, versions in diagnosis_models.items()}
-    if diagnosis:
-        diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(DiagnosisServicer(diagnosis), server)
-        model_services.append(DIAGNOSIS_SERVICE)
+    ctx = ServingContext(
+        config,
+        speech={name: {v: _serve_model(m, config) for v, m in versions.items()}
+                for name, versions in models.items()},
+        diagnosis={name: {v: _serve_diagnosis(m, config) for v, m in versions.items()}
+                   for name, versions in diagnosis_models.items()})
+    model_services = [name for register in SERVICES for name in register(server, ctx)]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [*model_services, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -142,7 +175,7 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
     await server.start()
     for service in ("", *model_services):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    running = SpeechServer(server, config.host, port, served, health_servicer, diagnosis)
+    running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis)
     logger.info("serving %s on %s (max batch %d, max queue delay %g ms)",
                 describe({**models, **diagnosis_models}), running.address, config.max_batch_size,
                 config.max_queue_delay_ms)
