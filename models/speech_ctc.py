@@ -261,12 +261,19 @@ class SpeechCTC(nn.Module):
         self.classifier = nn.Linear(dims[-1], cfg.vocab_size)
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode(*self.features(audio, audio_lengths))
+
+    def features(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised log-mel (B, T, F), zero on padded frames, and frame counts (B,). Training augments
+        these (SpecAugment) before `encode`; inference goes straight through `forward`."""
         feats, lengths = self.featurizer(audio, audio_lengths)  # (B, T, F)
         mask = _time_mask(lengths, feats.shape[1])
         if isinstance(self.feature_norm, UtteranceNorm):
-            feats = self.feature_norm(feats, mask)
-        else:
-            feats = self.feature_norm(feats) * mask[:, :, None].to(feats.dtype)
+            return self.feature_norm(feats, mask), lengths
+        return self.feature_norm(feats) * mask[:, :, None].to(feats.dtype), lengths
+
+    def encode(self, feats: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, T, F) -> log_probs (B, T', V) float32, out_lengths (B,)."""
         x, lengths = self.conv(feats, lengths)  # (B, T', D)
         for rnn in self.rnns:
             x = rnn(x, lengths)

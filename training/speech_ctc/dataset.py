@@ -15,7 +15,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from models.ctc_text import encode, normalize_text
-from training.speech_ctc.manifest import Utterance, load_audio
+from training.speech_ctc.augment import AugmentSection, perturb_speed
+from training.speech_ctc.manifest import SAMPLE_RATE_HZ, Utterance, load_audio
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,17 @@ class Batch:
 
 
 class SpeechDataset(Dataset[tuple[np.ndarray, list[int], str]]):
-    def __init__(self, utts: Sequence[Utterance]) -> None:
+    """(audio, label ids, text) per utterance; with `augment`, the waveform is speed-perturbed by a factor
+    drawn from (seed, epoch, index) — call `set_epoch` before each epoch's DataLoader is built."""
+
+    def __init__(self, utts: Sequence[Utterance], augment: AugmentSection | None = None, seed: int = 0) -> None:
         self.utts = list(utts)
+        self.augment = augment or AugmentSection()
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.utts)
@@ -39,7 +49,12 @@ class SpeechDataset(Dataset[tuple[np.ndarray, list[int], str]]):
     def __getitem__(self, i: int) -> tuple[np.ndarray, list[int], str]:
         u = self.utts[i]
         text = normalize_text(u.text)
-        return load_audio(u.audio_filepath), encode(text), text
+        audio = load_audio(u.audio_filepath)
+        if self.augment.perturbs_speed:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            factor = float(rng.uniform(self.augment.speed_min, self.augment.speed_max))
+            audio = perturb_speed(audio, factor, SAMPLE_RATE_HZ)
+        return audio, encode(text), text
 
 
 def collate(items: list[tuple[np.ndarray, list[int], str]]) -> Batch:

@@ -7,12 +7,16 @@ from typing import Any, Literal
 
 from models.speech_ctc import SpeechCTCConfig, get_preset
 from training.common.optim import OptimSection
+from training.speech_ctc.augment import AugmentSection
 
 
 @dataclass(frozen=True)
 class ModelSection:
     preset: str = "small"  # a name in models.speech_ctc.PRESETS
     overrides: dict[str, Any] = field(default_factory=dict)  # SpeechCTCConfig fields to change
+    # fine-tuning: a run folder, checkpoint folder or model.safetensors whose weights start this run
+    # (ignored when the run resumes from its own checkpoint)
+    init_from: str = ""
 
     def build_config(self) -> SpeechCTCConfig:
         base = get_preset(self.preset).to_dict()
@@ -56,4 +60,5 @@ class TrainConfig:
     model: ModelSection = field(default_factory=ModelSection)
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
+    augment: AugmentSection = field(default_factory=AugmentSection)
     run: RunSection = field(default_factory=RunSection)

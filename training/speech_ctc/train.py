@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import jiwer
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
@@ -30,6 +31,7 @@ from training.common.config import to_dict
 from training.common.launch import log_train_step, recipe_main
 from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
+from training.speech_ctc.augment import AugmentSection, augment_features
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
 from training.speech_ctc.manifest import Utterance, read_manifest
 from training.speech_ctc.model_io import MODEL_NAME
@@ -37,6 +39,23 @@ from training.speech_ctc.recipe import TrainConfig
 
 logger = logging.getLogger(__name__)
 
+
+class AugmentedForward(torch.nn.Module):
+    """The model's forward with feature augmentation between `features` and `encode`, applied from outside
+    the model (and wrapped by DDP as a whole). Set `rng` before each step; None: plain forward."""
+
+    def __init__(self, model: SpeechCTC, augment: AugmentSection) -> None:
+        super().__init__()
+        self.model = model
+        self.augment = augment
+        self.rng: np.random.Generator | None = None
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, lengths = self.model.features(audio, audio_lengths)
+        if self.rng is not None:
+            feats = augment_features(feats, lengths, self.augment, self.rng)
+        out: tuple[torch.Tensor, torch.Tensor] = self.model.encode(feats, lengths)
+        return out
 
 
 @torch.no_grad()
@@ -73,13 +92,18 @@ def train(cfg: TrainConfig) -> Path:
     dev_utts = read_manifest(Path(cfg.data.dev_manifest)) if cfg.data.dev_manifest else []
     if cfg.data.dev_limit:
         dev_utts = dev_utts[: cfg.data.dev_limit]
-    dataset = SpeechDataset(train_utts)
+    dataset = SpeechDataset(train_utts, cfg.augment, cfg.run.seed)
     durations = [u.duration_s for u in train_utts]
     steps_per_epoch = len(train_utts) // (cfg.data.batch_size * info.world_size)
     total_steps = steps_per_epoch * cfg.run.epochs
 
     state = checkpoint.resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, enabled=cfg.run.resume,
                               log=info.is_main)
+    if state.step == 0 and cfg.model.init_from:
+        weights, _, source = checkpoint.read_model_weights(Path(cfg.model.init_from), MODEL_NAME)
+        model.load_state_dict(weights)
+        if info.is_main:
+            logger.info("initialised from %s (fine-tuning)", source)
     recipe = to_dict(cfg)
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +112,8 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("model %s: %.2fM parameters; %d train utterances (%.1f h), %d dev; %d ranks on %s; "
                     "amp=%s; %d steps/epoch", cfg.model.preset, n_params / 1e6, len(train_utts),
                     sum(durations) / 3600, len(dev_utts), info.world_size, info.device, amp_mode, steps_per_epoch)
-    ddp: torch.nn.Module = (DistributedDataParallel(model) if info.world_size > 1 else model)
+    augmented = AugmentedForward(model, cfg.augment)
+    ddp: torch.nn.Module = (DistributedDataParallel(augmented) if info.world_size > 1 else augmented)
 
     writer = None
     if info.is_main:
@@ -107,6 +132,7 @@ def train(cfg: TrainConfig) -> Path:
     while state.epoch < cfg.run.epochs:
         sampler = BucketBatchSampler(durations, cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
                                      state.epoch, cfg.run.sortagrad, start_batch=state.batch_in_epoch)
+        dataset.set_epoch(state.epoch)
         loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                             num_workers=cfg.data.num_workers, persistent_workers=False)
         bar = tqdm(loader, total=len(sampler), disable=not info.is_main, desc=f"epoch {state.epoch + 1}",
@@ -117,6 +143,8 @@ def train(cfg: TrainConfig) -> Path:
             for g in optimizer.param_groups:
                 g["lr"] = lr
             optimizer.zero_grad(set_to_none=True)
+            if cfg.augment.changes_features:
+                augmented.rng = np.random.default_rng([cfg.run.seed, state.step, info.rank])
             with amp.autocast(amp_mode, info.device):
                 log_probs, out_lengths = ddp(batch.audio.to(info.device), batch.audio_lengths.to(info.device))
             loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
