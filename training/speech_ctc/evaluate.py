@@ -28,7 +28,7 @@ from tqdm import tqdm
 from models.ctc_beam import BeamOptions, CTCBeamDecoder
 from models.ctc_text import greedy_decode, normalize_text
 from models.speech_ctc import SpeechCTC
-from training.speech_ctc.manifest import Utterance, load_audio, read_manifest
+from training.speech_ctc.manifest import Utterance, load_audio, read_manifest, seeded_sample
 from training.speech_ctc.model_io import load_model
 
 logger = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lm-dir", type=Path, help="lm.arpa + unigrams.txt from `nui data lm`")
     p.add_argument("--tune-manifest", type=Path, help="dev clips to tune alpha/beta on (not the test clips)")
-    p.add_argument("--tune-limit", type=int, default=300)
+    p.add_argument("--tune-limit", type=int, default=300,
+                   help="tune on a seeded random sample of N dev clips (all voices of the manifest, 0 = all)")
     p.add_argument("--alphas", default="0.3,0.5,0.7,0.9")
     p.add_argument("--betas", default="0.0,1.0,2.0")
     p.add_argument("--beam-width", type=int, default=32)
@@ -133,10 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, _ = load_model(args.checkpoint)
     frame_s = model.cfg.frame_s
-    utts = read_manifest(args.manifest)
-    if args.sample and args.sample < len(utts):
-        keep = sorted(np.random.default_rng(args.seed).choice(len(utts), args.sample, replace=False).tolist())
-        utts = [utts[i] for i in keep]
+    utts = seeded_sample(read_manifest(args.manifest), args.sample, args.seed)
     refs = [normalize_text(u.text) for u in utts]
     audio_s = sum(u.duration_s for u in utts)
     lps, am_seconds = log_probs_of(model, utts)
@@ -148,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lm_dir:
         opts = BeamOptions(beam_width=args.beam_width)
         if args.tune_manifest:
-            dev = read_manifest(args.tune_manifest)[: args.tune_limit]
+            dev = seeded_sample(read_manifest(args.tune_manifest), args.tune_limit, args.seed)
             dev_lps, _ = log_probs_of(model, dev)
             opts, grid = tune_lm(args.lm_dir, dev_lps, [normalize_text(u.text) for u in dev], frame_s,
                                  [float(a) for a in args.alphas.split(",")],

@@ -137,3 +137,12 @@ def load_audio(path: Path | str) -> np.ndarray:
     if rate_hz != SAMPLE_RATE_HZ:
         mono = soxr.resample(mono, rate_hz, SAMPLE_RATE_HZ)
     return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def seeded_sample(utts: list[Utterance], n: int, seed: int) -> list[Utterance]:
+    """A seeded random sample of n clips in manifest order (all when n is 0 or too large). Manifests are
+    grouped by voice, so the first n clips would cover only a few voices."""
+    if not n or n >= len(utts):
+        return utts
+    keep = sorted(np.random.default_rng(seed).choice(len(utts), n, replace=False).tolist())
+    return [utts[i] for i in keep]

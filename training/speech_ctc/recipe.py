@@ -32,7 +32,7 @@ class DataSection:
     dev_manifest: str = ""
     batch_size: int = 16  # utterances per rank per step
     max_duration_s: float = 20.0  # longer training utterances are skipped (counted in the log)
-    dev_limit: int = 0  # evaluate on the first N dev utterances (0 = all)
+    dev_limit: int = 0  # evaluate on a seeded random sample of N dev utterances (0 = all)
     num_workers: int = 2  # DataLoader worker processes per rank (loading only; order is fixed)
 
     def __post_init__(self) -> None:

@@ -33,7 +33,7 @@ from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
 from training.speech_ctc.augment import AugmentSection, augment_features
 from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
-from training.speech_ctc.manifest import Utterance, read_manifest
+from training.speech_ctc.manifest import Utterance, read_manifest, seeded_sample
 from training.speech_ctc.model_io import MODEL_NAME
 from training.speech_ctc.recipe import TrainConfig
 
@@ -90,8 +90,7 @@ def train(cfg: TrainConfig) -> Path:
     train_utts = filter_trainable(read_manifest(Path(cfg.data.train_manifest)), cfg.data.max_duration_s,
                                   1.0 / model_cfg.frame_s)
     dev_utts = read_manifest(Path(cfg.data.dev_manifest)) if cfg.data.dev_manifest else []
-    if cfg.data.dev_limit:
-        dev_utts = dev_utts[: cfg.data.dev_limit]
+    dev_utts = seeded_sample(dev_utts, cfg.data.dev_limit, cfg.run.seed)
     dataset = SpeechDataset(train_utts, cfg.augment, cfg.run.seed)
     durations = [u.duration_s for u in train_utts]
     steps_per_epoch = len(train_utts) // (cfg.data.batch_size * info.world_size)
