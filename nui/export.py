@@ -4,6 +4,9 @@
         --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, or a model.safetensors.
+A unidirectional (streaming preset) checkpoint is exported as a stateful streaming engine, model
+`speech_ctc_streaming` by default, with chunks of --chunk-ms (engines/export_speech_streaming.py);
+--no-streaming exports it as an offline engine instead.
 This is glue between training/ (checkpoint and manifest readers) and engines/ (export), which must not
 import each other.
 """
@@ -21,6 +24,7 @@ from typing import Any
 import torch
 
 from engines.export_speech import DEFAULT_ATOL, ParityError, export_speech_ctc
+from engines.export_speech_streaming import DEFAULT_CHUNK_MS, export_speech_ctc_streaming
 from engines.manifest import sha256_file
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
@@ -34,7 +38,12 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--repo", type=Path, required=True, help="model repository folder")
-    p.add_argument("--model-name", default="speech_ctc")
+    p.add_argument("--model-name", default=None,
+                   help="default: speech_ctc, or speech_ctc_streaming for a streaming engine")
+    p.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=None,
+                   help="export a stateful streaming engine (default: when the model is unidirectional)")
+    p.add_argument("--chunk-ms", type=float, default=DEFAULT_CHUNK_MS,
+                   help="audio per streaming engine call (rounded to whole output frames)")
     p.add_argument("--version", type=int, default=None, help="default: next free version")
     p.add_argument("--dev-manifest", type=Path, help="clips for the parity gate (default: seeded noise)")
     p.add_argument("--dev-limit", type=int, default=64)
@@ -65,9 +74,16 @@ def main(argv: list[str] | None = None) -> int:
             decoder = json.loads(args.decoder.read_text())
             # `nui eval speech --out` results hold the tuned options under "decoder".
             extras["decoder"] = decoder.get("decoder", decoder)
-        path, manifest = export_speech_ctc(
-            model, args.repo, args.model_name, args.version, dev_clips=clips, atol=args.atol,
-            source_checkpoint_sha256=sha256_file(weights), extra_files=extra_files, extras=extras)
+        streaming = not model.cfg.bidirectional if args.streaming is None else args.streaming
+        common: dict[str, Any] = dict(dev_clips=clips, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
+                                      extra_files=extra_files, extras=extras)
+        if streaming:
+            path, manifest = export_speech_ctc_streaming(
+                model, args.repo, args.model_name or "speech_ctc_streaming", args.version,
+                chunk_ms=args.chunk_ms, **common)
+        else:
+            path, manifest = export_speech_ctc(model, args.repo, args.model_name or "speech_ctc", args.version,
+                                               **common)
     except (OSError, ValueError, ParityError) as e:
         print(f"nui export speech: {e}", file=sys.stderr)
         return 1
