@@ -95,14 +95,17 @@ def read_model_weights(path: Path, model_name: str) -> tuple[dict[str, torch.Ten
 
 def save_checkpoint(run_dir: Path, *, model: torch.nn.Module, model_name: str, model_config: dict[str, Any],
                     optimizer: torch.optim.Optimizer, state: RunState, scaler_state: dict[str, Any] | None,
-                    recipe: dict[str, Any], keep: int = 3) -> Path:
-    """Write checkpoint `step_<state.step>` atomically; keep the newest `keep`."""
+                    recipe: dict[str, Any], keep: int = 3, extra_files: dict[str, str] | None = None) -> Path:
+    """Write checkpoint `step_<state.step>` atomically; keep the newest `keep`. extra_files: name -> text
+    written into the checkpoint folder too (e.g. the captioner's tokenizer.json next to its weights)."""
     ckpt_root = run_dir / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{state.step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=ckpt_root, prefix=".tmp-"))
     try:
         save_weights(tmp / "model.safetensors", model, model_name, model_config)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
         save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(opt_meta))
