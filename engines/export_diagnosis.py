@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
-from onnx import helper, numpy_helper
 from torch import nn
 
 from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
+from engines.onnx_weights import weights_to_fp16
 from models.diagnosis import DiagnosisModel
 from models.diagnosis_dialog import DiagnosisTables
 
@@ -88,26 +87,6 @@ def _example_inputs(n_symptoms: int) -> tuple[torch.Tensor, torch.Tensor, torch.
     return evidence, torch.tensor([30.0, -1.0]), torch.tensor([1, 0])
 
 
-def _weights_to_fp16(path: Path) -> None:
-    """Store every FP32 initializer of >= 1024 elements as FP16 plus a Cast back to FP32 (in place)."""
-    m = onnx.load(str(path))
-    casts = []
-    for init in m.graph.initializer:
-        if init.data_type != onnx.TensorProto.FLOAT:
-            continue
-        arr = numpy_helper.to_array(init)
-        if arr.size < 1024:
-            continue
-        name = init.name
-        init.CopyFrom(numpy_helper.from_array(arr.astype(np.float16), name + "__fp16"))
-        casts.append(helper.make_node("Cast", [name + "__fp16"], [name], to=onnx.TensorProto.FLOAT,
-                                      name=name + "__cast"))
-    for node in reversed(casts):
-        m.graph.node.insert(0, node)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-
-
 def export_onnx(model: DiagnosisModel, path: Path, weights_dtype: str = "float16", opset: int = OPSET) -> None:
     """Trace-export the calibrated probabilities with a dynamic batch axis."""
     if weights_dtype not in DEFAULT_ATOL:
@@ -123,7 +102,7 @@ def export_onnx(model: DiagnosisModel, path: Path, weights_dtype: str = "float16
                           "probs": {0: "batch"}},
         )
     if weights_dtype == "float16":
-        _weights_to_fp16(path)
+        weights_to_fp16(path)
 
 
 def random_evidence(n: int, n_symptoms: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
