@@ -14,6 +14,7 @@ drain. Binds 127.0.0.1 unless told otherwise; port 0 picks a free port (`SpeechS
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import signal
 from collections.abc import Callable
@@ -27,11 +28,17 @@ from grpc_reflection.v1alpha import reflection
 from proto import diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.audio import AudioLimits
 from server.batcher import DynamicBatcher
-from server.diagnosis import Case, DiagnosisResult, DiagnosisServingModel
+from server.diagnosis import DiagnosisServingModel
 from server.diagnosis_service import DiagnosisServicer, ServedDiagnosisModel
+from server.interceptors import ServingInterceptor
+from server.kserve import SERVICE_NAME as KSERVE_SERVICE
+from server.kserve import KServeLimits, KServeServicer, add_kserve_servicer_to_server
+from server.metrics import ServerMetrics
+from server.model_store import BatchSettings, ModelStore
 from server.repository import describe, load_models
-from server.speech_ctc import Recognition, SpeechCTCModel, Utterance
+from server.speech_ctc import SpeechCTCModel
 from server.speech_service import ServedModel, SpeechServicer
+from server.tensor_batch import elements_limit
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +58,31 @@ class ServerConfig:
     max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
     intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4
     shutdown_grace_s: float = 10.0
+    metrics_port: int | None = None  # Prometheus /metrics on host:port; 0: any free port; None: off
+    auth_token: str | None = None  # calls need `authorization: Bearer <token>` (health stays open)
+    tls_cert: Path | None = None  # PEM certificate chain and key: TLS instead of plaintext
+    tls_key: Path | None = None
+    keepalive_time_s: float = 60.0  # server pings an idle connection this often
+    keepalive_timeout_s: float = 20.0  # and closes it when the ping is not answered in time
+    min_client_ping_interval_s: float = 10.0  # clients pinging more often get GOAWAY (too_many_pings)
+    poll_repository_s: float = 0.0  # > 0: load new / retire removed versions every so often
+    retire_after_s: float = 5.0  # a replaced version keeps serving late lookups this long, then drains
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be at least 1024, got {self.max_message_bytes}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535, got {self.metrics_port}")
+        if self.auth_token is not None and (not self.auth_token or not self.auth_token.isprintable()):
+            raise ValueError("auth_token must be a non-empty printable string")
+        if min(self.keepalive_time_s, self.keepalive_timeout_s, self.min_client_ping_interval_s) <= 0:
+            raise ValueError("keepalive times must be > 0")
+        if self.poll_repository_s < 0 or self.retire_after_s < 0:
+            raise ValueError("poll_repository_s and retire_after_s must be >= 0")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
 
@@ -71,13 +97,19 @@ class SpeechServer:
     def __init__(self, server: grpc.aio.Server, host: str, port: int,
                  served: dict[str, dict[int, ServedModel]],
                  health_servicer: health.aio.HealthServicer,
-                 diagnosis: dict[str, dict[int, ServedDiagnosisModel]] | None = None) -> None:
+                 diagnosis: dict[str, dict[int, ServedDiagnosisModel]] | None = None,
+                 store: ModelStore | None = None, metrics: ServerMetrics | None = None,
+                 metrics_port: int | None = None) -> None:
         self.server = server
         self.host = host
         self.port = port
         self.served = served
         self.diagnosis = diagnosis or {}
         self.health = health_servicer
+        self.store = store
+        self.metrics = metrics
+        self.metrics_port = metrics_port  # None: not exposed
+        self.background: list[asyncio.Task[None]] = []  # repository polling
 
     @property
     def address(self) -> str:
@@ -86,25 +118,18 @@ class SpeechServer:
     async def stop(self, grace_s: float = 10.0) -> None:
         """NOT_SERVING, refuse new calls, let in-flight ones finish (up to grace_s), drain the batchers."""
         await self.health.enter_graceful_shutdown()
+        for task in self.background:
+            task.cancel()
         await self.server.stop(grace_s)
-        batchers: list[DynamicBatcher] = [s.batcher for vs in self.served.values() for s in vs.values()]
-        batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
-        await asyncio.gather(*(b.close() for b in batchers))
+        if self.store is not None:
+            await self.store.close()
+        else:
+            batchers: list[DynamicBatcher] = [s.batcher for vs in self.served.values() for s in vs.values()]
+            batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
+            await asyncio.gather(*(b.close() for b in batchers))
+        if self.metrics is not None:
+            self.metrics.stop_http()
         logger.info("server on %s stopped", self.address)
-
-
-def _serve_model(model: SpeechCTCModel, config: ServerConfig) -> ServedModel:
-    batcher: DynamicBatcher[Utterance, Recognition] = DynamicBatcher(
-        model.run_batch, config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size,
-        name=f"{model.name}-v{model.version}")
-    return ServedModel(model, batcher)
-
-
-def _serve_diagnosis(model: DiagnosisServingModel, config: ServerConfig) -> ServedDiagnosisModel:
-    batcher: DynamicBatcher[Case, DiagnosisResult] = DynamicBatcher(
-        model.run_batch, config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size,
-        name=f"{model.name}-v{model.version}")
-    return ServedDiagnosisModel(model, batcher)
 
 
 @dataclass
@@ -116,6 +141,9 @@ class ServingContext:
     config: ServerConfig
     speech: dict[str, dict[int, ServedModel]]
     diagnosis: dict[str, dict[int, ServedDiagnosisModel]]
+    metrics: ServerMetrics  # e.g. `with ctx.metrics.stream(SERVICE):` around a streaming call
+    store: ModelStore
+    ready: bool = False  # every model loaded and warmed up (health SERVING from then on)
 
 
 # A service registration adds its servicer to the server when it has something to serve and returns the
@@ -136,10 +164,26 @@ def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> list[st
     return [DIAGNOSIS_SERVICE]
 
 
+def _register_kserve(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+    c = ctx.config
+    limits = KServeLimits(c.max_batch_size, c.max_queue_delay_ms, elements_limit(c.max_message_bytes))
+    servicer = KServeServicer(ctx.store.served, limits, lambda: ctx.ready, ctx.store, _version())
+    add_kserve_servicer_to_server(servicer, server)
+    return [KSERVE_SERVICE]
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("nui")
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 # Every service the server offers, one registration each (add yours here).
 SERVICES: list[ServiceRegistration] = [
     _register_speech,
     _register_diagnosis,
+    _register_kserve,
 ]
 
 
@@ -152,34 +196,66 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
     models = models or {}
     diagnosis_models = diagnosis_models or {}
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", config.max_message_bytes),
-        ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.so_reuseport", 0),  # a port in use must fail, not be silently shared
-    ])
+    metrics = ServerMetrics()
+    server = grpc.aio.server(interceptors=[ServingInterceptor(metrics, config.auth_token)],
+                             options=_channel_options(config))
+    address = host_port(config.host, config.port)
     try:
-        port = server.add_insecure_port(host_port(config.host, config.port))
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+            port = server.add_secure_port(address, credentials)
+        else:
+            port = server.add_insecure_port(address)
     except RuntimeError as e:
-        raise OSError(f"cannot listen on {host_port(config.host, config.port)}: {e}") from e
-    ctx = ServingContext(
-        config,
-        speech={name: {v: _serve_model(m, config) for v, m in versions.items()}
-                for name, versions in models.items()},
-        diagnosis={name: {v: _serve_diagnosis(m, config) for v, m in versions.items()}
-                   for name, versions in diagnosis_models.items()})
+        raise OSError(f"cannot listen on {address}: {e}") from e
+    speech: dict[str, dict[int, ServedModel]] = {}
+    diagnosis: dict[str, dict[int, ServedDiagnosisModel]] = {}
+    store = ModelStore(config.repo, speech, diagnosis, BatchSettings(
+        config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
+        retire_after_s=config.retire_after_s), metrics)
+    store.add_loaded(models, diagnosis_models)
+    ctx = ServingContext(config, speech=speech, diagnosis=diagnosis, metrics=metrics, store=store)
     model_services = [name for register in SERVICES for name in register(server, ctx)]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [*model_services, health.SERVICE_NAME, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(services, server)
+    for service in ("", *model_services):
+        await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
+    running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis, store, metrics)
+    try:
+        if config.metrics_port is not None:
+            running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
+        await store.warm_up_all()
+    except BaseException:
+        await running.stop(0)
+        raise
+    ctx.ready = True
+    metrics.ready.set(1)
     for service in ("", *model_services):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
-    running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis)
-    logger.info("serving %s on %s (max batch %d, max queue delay %g ms)",
-                describe({**models, **diagnosis_models}), running.address, config.max_batch_size,
-                config.max_queue_delay_ms)
+    if config.poll_repository_s > 0:
+        running.background.append(asyncio.get_running_loop().create_task(
+            store.poll_forever(config.poll_repository_s), name="repository-poll"))
+    logger.info("serving %s on %s%s (max batch %d, max queue delay %g ms%s)",
+                describe({**models, **diagnosis_models}), running.address, " (TLS)" if config.tls_cert else "",
+                config.max_batch_size, config.max_queue_delay_ms,
+                f", metrics on port {running.metrics_port}" if running.metrics_port is not None else "")
     return running
+
+
+def _channel_options(config: ServerConfig) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 0),  # a port in use must fail, not be silently shared
+        ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_client_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
 
 
 async def serve(config: ServerConfig, on_ready: Callable[[SpeechServer], None] | None = None) -> None:

@@ -13,6 +13,8 @@ response per request, one bad request never fails its batch-mates).
   their results are discarded.
 - `run_batch` raising as a whole: the items are re-run one by one, so only the bad one fails.
 - `close()` refuses new items (`BatcherClosedError`, UNAVAILABLE) and finishes the queued ones.
+- `observer` (optional) gets a `BatchRecord` after every engine run (metrics), so the batcher itself
+  knows nothing of how it is reported.
 
     batcher = DynamicBatcher(run_batch, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=256)
     result = await batcher.submit(item, deadline=time.monotonic() + 2.0)
@@ -61,6 +63,21 @@ class BatcherStats:
     rejected_queue_full: int = 0
     expired: int = 0  # deadline passed while queued
     cancelled: int = 0  # the caller left while its item was queued
+    queue_s_total: float = 0.0  # summed over items run: submit -> start of their run
+    compute_s_total: float = 0.0  # summed over runs: run_batch wall time
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    """One call of run_batch, as observers see it."""
+
+    size: int
+    queue_s: tuple[float, ...]  # each item's wait, submit -> start of this run
+    compute_s: float  # run_batch wall time
+    failed: bool  # run_batch raised for the whole batch
+
+
+BatchObserver = Callable[[BatchRecord], None]
 
 
 @dataclass(eq=False)
@@ -75,7 +92,7 @@ class DynamicBatcher(Generic[T, R]):
     """Gathers concurrent `submit` calls into batches for `run_batch`. Create it inside a running loop."""
 
     def __init__(self, run_batch: RunBatch[T, R], max_batch_size: int, max_queue_delay_ms: float,
-                 max_queue_size: int, *, name: str = "batcher") -> None:
+                 max_queue_size: int, *, name: str = "batcher", observer: BatchObserver | None = None) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_ms < 0:
@@ -87,6 +104,7 @@ class DynamicBatcher(Generic[T, R]):
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
         self.name = name
+        self.observer = observer
         self.stats = BatcherStats()
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
@@ -195,15 +213,15 @@ class DynamicBatcher(Generic[T, R]):
     async def _run(self, batch: list[_Pending[T, R]]) -> None:
         items = [p.item for p in batch]
         try:
-            results = await self._call(items)
+            results = await self._call(items, [p.enqueued_at for p in batch])
         except Exception as e:
             self.stats.failed_batches += 1
             logger.warning("%s: a batch of %d failed (%s); re-running its items one by one",
                            self.name, len(items), type(e).__name__)
             results = []
-            for item in items:
+            for p in batch:
                 try:
-                    results.extend(await self._call([item]))
+                    results.extend(await self._call([p.item], [p.enqueued_at]))
                 except Exception as item_error:
                     results.append(item_error)
         for p, result in zip(batch, results, strict=True):
@@ -215,11 +233,27 @@ class DynamicBatcher(Generic[T, R]):
             else:
                 p.future.set_result(result)
 
-    async def _call(self, items: list[T]) -> Sequence[R | Exception]:
+    async def _call(self, items: list[T], enqueued_at: list[float]) -> Sequence[R | Exception]:
         self.stats.runs += 1
         self.stats.batch_sizes[len(items)] += 1
         loop = asyncio.get_running_loop()
-        results = await loop.run_in_executor(self._executor, self._run_batch, items)
-        if len(results) != len(items):
-            raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
-        return results
+        started = time.monotonic()
+        failed = True
+        try:
+            results = await loop.run_in_executor(self._executor, self._run_batch, items)
+            if len(results) != len(items):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(items)} items")
+            failed = False
+            return results
+        finally:
+            self._record(BatchRecord(len(items), tuple(started - t for t in enqueued_at),
+                                     time.monotonic() - started, failed))
+
+    def _record(self, record: BatchRecord) -> None:
+        self.stats.queue_s_total += sum(record.queue_s)
+        self.stats.compute_s_total += record.compute_s
+        if self.observer is not None:
+            try:
+                self.observer(record)
+            except Exception:  # a broken metrics hook must not fail requests
+                logger.exception("%s: batch observer failed", self.name)

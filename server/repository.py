@@ -65,23 +65,33 @@ def load_models(repo: Path, intra_op_threads: int | None = None,
             logger.warning("%s has no numbered version folders; skipped", model_dir)
             continue
         for version in versions:
-            folder = version_dir(repo, model_dir.name, version)
-            task = read_manifest(folder, verify=False).task
-            if task not in tasks:
-                if task not in (TASK, DIAGNOSIS_TASK):
-                    logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
-                                   model_dir.name, version, task, " and ".join(map(repr, tasks)))
-                continue
-            engine = load_engine(repo, model_dir.name, version, intra_op_threads)
-            if task == TASK:
-                speech.setdefault(engine.name, {})[version] = SpeechCTCModel(
-                    engine, load_lm_decoder(folder, engine.manifest))
-            else:
-                diagnosis.setdefault(engine.name, {})[version] = load_diagnosis_model(engine, folder)
+            model = load_model_version(repo, model_dir.name, version, intra_op_threads, tasks)
+            if isinstance(model, SpeechCTCModel):
+                speech.setdefault(model.name, {})[version] = model
+            elif model is not None:
+                diagnosis.setdefault(model.name, {})[version] = model
     if not speech and not diagnosis:
         raise ValueError(f"model repository {repo} holds no {' or '.join(tasks)} model (expected "
                          "<model>/<version>/manifest.json)")
     return speech, diagnosis
+
+
+def load_model_version(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
+                       tasks: tuple[str, ...] = (TASK, DIAGNOSIS_TASK)
+                       ) -> SpeechCTCModel | DiagnosisServingModel | None:
+    """One model version, checksums verified; None when its task is not among `tasks` (a warning unless
+    it is a task this server knows). ValueError when anything does not match or load."""
+    folder = version_dir(repo, name, version)
+    task = read_manifest(folder, verify=False).task
+    if task not in tasks:
+        if task not in (TASK, DIAGNOSIS_TASK):
+            logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
+                           name, version, task, " and ".join(map(repr, tasks)))
+        return None
+    engine = load_engine(repo, name, version, intra_op_threads)
+    if task == TASK:
+        return SpeechCTCModel(engine, load_lm_decoder(folder, engine.manifest))
+    return load_diagnosis_model(engine, folder)
 
 
 def resolve(models: Mapping[str, Mapping[int, M]], name: str, version: int) -> M:

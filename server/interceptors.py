@@ -1,0 +1,126 @@
+"""The server interceptor every RPC passes: optional bearer-token auth, metrics and one access-log line.
+
+- Auth (`nui serve --auth-token-file FILE`): calls must carry `authorization: Bearer <token>` metadata,
+  else UNAUTHENTICATED; `grpc.health.v1.Health` stays open so load balancers can probe.
+- Metrics: `nui_requests_total{service,method,code}` and the duration histogram (server/metrics.py).
+- Access log (logger `server.access`): service, method, code, duration; never payloads. OK at DEBUG,
+  other codes at INFO. With `--log-format json` the fields come as a JSON object under "rpc".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from server.metrics import ServerMetrics
+
+access_logger = logging.getLogger("server.access")
+
+OPEN_SERVICES = frozenset({"grpc.health.v1.Health"})  # reachable without a token
+AUTH_HEADER = "authorization"
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """"/pkg.Service/Method" -> ("pkg.Service", "Method")."""
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service, method
+
+
+def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    if isinstance(error, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+class ServingInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps each handler: checks the token, then counts, times and logs the call."""
+
+    def __init__(self, metrics: ServerMetrics, auth_token: str | None = None) -> None:
+        self._metrics = metrics
+        self._expected = f"Bearer {auth_token}".encode() if auth_token else None
+
+    def _authorized(self, details: grpc.HandlerCallDetails, service: str) -> bool:
+        if self._expected is None or service in OPEN_SERVICES:
+            return True
+        for key, value in details.invocation_metadata or ():
+            if key == AUTH_HEADER:
+                given = value.encode() if isinstance(value, str) else value
+                return hmac.compare_digest(given, self._expected)
+        return False
+
+    async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                             Awaitable[grpc.RpcMethodHandler]],
+                                details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:  # unknown method: grpc answers UNIMPLEMENTED itself
+            return handler
+        service, method = split_method(details.method)
+        authorized = self._authorized(details, service)
+        done = self._recorder(service, method)
+
+        async def check(context: grpc.aio.ServicerContext) -> None:
+            if not authorized:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    "missing or wrong 'authorization: Bearer <token>' metadata")
+
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started, error = time.monotonic(), None
+                try:
+                    await check(context)
+                    return await inner(request, context)
+                except BaseException as e:
+                    error = e
+                    raise
+                finally:
+                    done(_final_code(context, error), time.monotonic() - started)
+
+            make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+                    else grpc.stream_unary_rpc_method_handler)
+            return make(unary_response, request_deserializer=handler.request_deserializer,
+                        response_serializer=handler.response_serializer)
+
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, error = time.monotonic(), None
+            try:
+                await check(context)
+                result = inner_stream(request, context)
+                if inspect.isasyncgen(result):
+                    async for reply in result:
+                        yield reply
+                else:  # a handler that writes with context.write()
+                    await result
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                done(_final_code(context, error), time.monotonic() - started)
+
+        make_stream = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                       else grpc.stream_stream_rpc_method_handler)
+        return make_stream(stream_response, request_deserializer=handler.request_deserializer,
+                           response_serializer=handler.response_serializer)
+
+    def _recorder(self, service: str, method: str) -> Callable[[grpc.StatusCode, float], None]:
+        def done(code: grpc.StatusCode, duration_s: float) -> None:
+            self._metrics.rpc_done(service, method, code.name, duration_s)
+            fields = {"service": service, "method": method, "code": code.name,
+                      "duration_ms": round(1e3 * duration_s, 3)}
+            level = logging.DEBUG if code == grpc.StatusCode.OK else logging.INFO
+            access_logger.log(level, "%s/%s %s %.1f ms", service, method, code.name, 1e3 * duration_s,
+                              extra={"rpc": fields})
+        return done
