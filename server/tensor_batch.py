@@ -139,6 +139,7 @@ class SharedRunEngine:
         self.inner = inner
         self._local = threading.local()
         self._solo_axes = SOLO_AXES.get(inner.manifest.task)
+        self.shared_runs = 0  # engine runs that carried task rows and tensor requests together
 
     @property
     def name(self) -> str:
@@ -170,6 +171,7 @@ class SharedRunEngine:
         self._local.pending = None
         riders = [r for r in pending if self._can_merge(r.inputs, inputs)]
         task_rows = len(next(iter(inputs.values())))
+        self.shared_runs += bool(riders)
         outputs = self._run_merged([inputs, *(r.inputs for r in riders)], [task_rows, *(r.rows for r in riders)])
         by_request = dict(zip((id(r) for r in riders), outputs[1:], strict=True))
         alone = [r for r in pending if id(r) not in by_request]
