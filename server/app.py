@@ -18,7 +18,7 @@ import importlib.metadata
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -36,8 +36,19 @@ from server.kserve import KServeLimits, KServeServicer, add_kserve_servicer_to_s
 from server.metrics import ServerMetrics
 from server.model_store import BatchSettings, ModelStore
 from server.repository import describe, load_models
+from server.riva import RIVA_SERVICE, RivaASRServicer, add_riva_servicer
 from server.speech_ctc import SpeechCTCModel
-from server.speech_service import ServedModel, SpeechServicer
+from server.speech_service import ServedModel
+from server.streaming import (
+    ServedStreamingModel,
+    StreamingModel,
+    StreamLimits,
+    StreamTracker,
+    load_streaming_models,
+    serve_streaming_models,
+    warm_up_streaming,
+)
+from server.streaming_service import StreamingRecognizer, StreamingSpeechServicer
 from server.tensor_batch import elements_limit
 
 logger = logging.getLogger(__name__)
@@ -110,6 +121,8 @@ class SpeechServer:
         self.metrics = metrics
         self.metrics_port = metrics_port  # None: not exposed
         self.background: list[asyncio.Task[None]] = []  # repository polling
+        self.streaming: dict[str, dict[int, ServedStreamingModel]] = {}
+        self.streams = StreamTracker()  # `streams.in_flight`: open streaming calls, every API
 
     @property
     def address(self) -> str:
@@ -127,6 +140,7 @@ class SpeechServer:
             batchers: list[DynamicBatcher] = [s.batcher for vs in self.served.values() for s in vs.values()]
             batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
             await asyncio.gather(*(b.close() for b in batchers))
+        await asyncio.gather(*(s.batcher.close() for vs in self.streaming.values() for s in vs.values()))
         if self.metrics is not None:
             self.metrics.stop_http()
         logger.info("server on %s stopped", self.address)
@@ -144,6 +158,13 @@ class ServingContext:
     metrics: ServerMetrics  # e.g. `with ctx.metrics.stream(SERVICE):` around a streaming call
     store: ModelStore
     ready: bool = False  # every model loaded and warmed up (health SERVING from then on)
+    streaming: dict[str, dict[int, ServedStreamingModel]] = field(default_factory=dict)
+    streams: StreamTracker = field(default_factory=StreamTracker)
+
+
+def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
+    return StreamingRecognizer(ctx.streaming, StreamLimits(max_stream_s=max(300.0, ctx.config.max_audio_s)),
+                               ctx.streams, lambda: ctx.metrics.stream(service))
 
 
 # A service registration adds its servicer to the server when it has something to serve and returns the
@@ -153,8 +174,14 @@ ServiceRegistration = Callable[[grpc.aio.Server, ServingContext], list[str]]
 
 def _register_speech(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
     limits = AudioLimits(max_duration_s=ctx.config.max_audio_s)
-    speech_pb2_grpc.add_SpeechServicer_to_server(SpeechServicer(ctx.speech, limits), server)
+    servicer = StreamingSpeechServicer(ctx.speech, limits, _streaming(ctx, SPEECH_SERVICE))
+    speech_pb2_grpc.add_SpeechServicer_to_server(servicer, server)
     return [SPEECH_SERVICE]
+
+
+def _register_riva(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+    limits = AudioLimits(max_duration_s=ctx.config.max_audio_s)
+    return [add_riva_servicer(RivaASRServicer(ctx.speech, limits, _streaming(ctx, RIVA_SERVICE)), server)]
 
 
 def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
@@ -184,16 +211,18 @@ SERVICES: list[ServiceRegistration] = [
     _register_speech,
     _register_diagnosis,
     _register_kserve,
+    _register_riva,
 ]
 
 
 async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechCTCModel]] | None = None,
-                       diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None
-                       ) -> SpeechServer:
-    """Load the repository (or use `models` / `diagnosis_models`, already loaded: then only those are
-    served), bind, register every service of SERVICES, start, report SERVING."""
-    if models is None and diagnosis_models is None:
+                       diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None,
+                       streaming_models: dict[str, dict[int, StreamingModel]] | None = None) -> SpeechServer:
+    """Load the repository (or use `models` / `diagnosis_models` / `streaming_models`, already loaded:
+    then only those are served), bind, register every service of SERVICES, start, report SERVING."""
+    if models is None and diagnosis_models is None and streaming_models is None:
         models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
+        streaming_models = await asyncio.to_thread(load_streaming_models, config.repo, config.intra_op_threads)
     models = models or {}
     diagnosis_models = diagnosis_models or {}
     metrics = ServerMetrics()
@@ -214,7 +243,10 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
         retire_after_s=config.retire_after_s), metrics)
     store.add_loaded(models, diagnosis_models)
-    ctx = ServingContext(config, speech=speech, diagnosis=diagnosis, metrics=metrics, store=store)
+    ctx = ServingContext(config, speech=speech, diagnosis=diagnosis, metrics=metrics, store=store,
+                         streaming=serve_streaming_models(streaming_models or {}, config.max_batch_size,
+                                                          config.max_queue_delay_ms, config.max_queue_size,
+                                                          metrics.observer))
     model_services = [name for register in SERVICES for name in register(server, ctx)]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -224,10 +256,12 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis, store, metrics)
+    running.streaming, running.streams = ctx.streaming, ctx.streams
     try:
         if config.metrics_port is not None:
             running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
         await store.warm_up_all()
+        await warm_up_streaming(ctx.streaming)
     except BaseException:
         await running.stop(0)
         raise

@@ -21,6 +21,7 @@ from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
 from server.errors import invalid_argument, not_found
 from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
+from server.streaming import TASK as STREAMING_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ def load_model_version(repo: Path, name: str, version: int, intra_op_threads: in
     folder = version_dir(repo, name, version)
     task = read_manifest(folder, verify=False).task
     if task not in tasks:
-        if task not in (TASK, DIAGNOSIS_TASK):
+        if task not in (TASK, DIAGNOSIS_TASK, STREAMING_TASK):  # streaming: server/streaming.py loads them
             logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
                            name, version, task, " and ".join(map(repr, tasks)))
         return None

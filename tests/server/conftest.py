@@ -66,6 +66,21 @@ def lm_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def streaming_repo(tiny_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny offline model plus a tiny-streaming engine (random weights, 120 ms chunks) exported as
+    `nui export speech` publishes a unidirectional checkpoint: model speech_ctc_streaming, version 1."""
+    torch = pytest.importorskip("torch")
+    from engines.export_speech_streaming import export_speech_ctc_streaming
+    from models.speech_ctc import build, get_preset
+
+    repo = tmp_path_factory.mktemp("streaming_repository")
+    shutil.copytree(tiny_repo / "speech_ctc", repo / "speech_ctc")
+    torch.manual_seed(0)
+    export_speech_ctc_streaming(build(get_preset("tiny-streaming")).eval(), repo, version=1, chunk_ms=120)
+    return repo
+
+
+@pytest.fixture(scope="session")
 def clips() -> list[bytes]:
     """Eight 16 kHz mono WAV clips of different lengths (0.4 to 1.45 s)."""
     return [encode(make_clip(0.4 + 0.15 * i, seed=i)) for i in range(8)]
