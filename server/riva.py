@@ -104,7 +104,8 @@ def _wav_header(data: bytes) -> tuple[int, int, int, int]:
     """(sample rate, channels, sample width in bytes, offset of the samples) of a WAV file's start."""
     try:
         with wave.open(io.BytesIO(data), "rb") as w:
-            return w.getframerate(), w.getnchannels(), w.getsampwidth(), w.getfp().offset  # type: ignore[union-attr]
+            riff = w.getfp()  # the RIFF chunk, read up to the start of the samples
+            return w.getframerate(), w.getnchannels(), w.getsampwidth(), riff.offset + riff.size_read  # type: ignore[union-attr]
     except (wave.Error, EOFError) as e:
         raise invalid_argument(f"audio_content starts like a WAV file but its header is not 16-bit PCM: {e}"
                                ) from None
