@@ -82,31 +82,51 @@ def _check_specs(kind: str, expected: list[TensorSpec], actual: list[ort.NodeArg
             raise ValueError(f"{where}: ONNX {kind[:-1]} {name!r} is {have[name]}, the manifest says {dtype}")
 
 
+def graph_specs(manifest: Manifest, graph: str | None) -> tuple[str, list[TensorSpec], list[TensorSpec]]:
+    """(ONNX file, inputs, outputs) of one graph of a version: the manifest's own `model.onnx`, inputs and
+    outputs when `graph` is None; else `extras["graphs"][graph]` = {"file", "inputs", "outputs"}, for
+    models exported as several graphs (the captioner's encoder and decoder step)."""
+    if graph is None:
+        return ONNX_FILE, manifest.inputs, manifest.outputs
+    graphs = manifest.extras.get("graphs")
+    if not isinstance(graphs, dict) or graph not in graphs:
+        known = sorted(graphs) if isinstance(graphs, dict) else []
+        raise ValueError(f"{manifest.model}: manifest has no graph {graph!r} (graphs: {known})")
+    try:
+        spec = graphs[graph]
+        return (str(spec["file"]), [TensorSpec(**t) for t in spec["inputs"]],
+                [TensorSpec(**t) for t in spec["outputs"]])
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{manifest.model}: manifest graph {graph!r} is malformed: {e}") from e
+
+
 class OnnxRuntimeEngine:
-    """An ONNX Runtime session on the CPU for `<repo>/<model>/<version>/` (manifest + model.onnx)."""
+    """An ONNX Runtime session on the CPU for `<repo>/<model>/<version>/` (manifest + model.onnx, or the
+    named `graph` of a multi-graph export)."""
 
     def __init__(self, version_dir: Path, intra_op_threads: int | None = None, *,
-                 verify: bool = True) -> None:
+                 verify: bool = True, graph: str | None = None) -> None:
         self._dir = Path(version_dir)
         self._manifest = read_manifest(self._dir, verify=verify)
         if self._manifest.engine != "onnxruntime":
             raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not 'onnxruntime'")
-        if ONNX_FILE not in self._manifest.files:
-            raise ValueError(f"{self._dir}: manifest does not list {ONNX_FILE}")
+        onnx_file, self._inputs, outputs = graph_specs(self._manifest, graph)
+        if onnx_file not in self._manifest.files:
+            raise ValueError(f"{self._dir}: manifest does not list {onnx_file}")
         if not self._dir.name.isdigit():
             raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
         self._version = int(self._dir.name)
         threads = intra_op_threads if intra_op_threads is not None else default_intra_op_threads()
         try:
-            self._session = ort.InferenceSession(str(self._dir / ONNX_FILE), _session_options(threads),
+            self._session = ort.InferenceSession(str(self._dir / onnx_file), _session_options(threads),
                                                  providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT raises its own untyped errors (InvalidGraph, Fail, ...)
-            raise ValueError(f"{self._dir / ONNX_FILE}: ONNX Runtime cannot load it: {e}") from e
-        _check_specs("inputs", self._manifest.inputs, self._session.get_inputs(), self._dir)
-        _check_specs("outputs", self._manifest.outputs, self._session.get_outputs(), self._dir)
-        self._output_names = [o.name for o in self._manifest.outputs]
-        logger.info("loaded %s version %d (%s, %d intra-op threads)", self.name, self._version,
-                    self._manifest.precision, threads)
+            raise ValueError(f"{self._dir / onnx_file}: ONNX Runtime cannot load it: {e}") from e
+        _check_specs("inputs", self._inputs, self._session.get_inputs(), self._dir)
+        _check_specs("outputs", outputs, self._session.get_outputs(), self._dir)
+        self._output_names = [o.name for o in outputs]
+        logger.info("loaded %s version %d%s (%s, %d intra-op threads)", self.name, self._version,
+                    f" graph {graph}" if graph else "", self._manifest.precision, threads)
 
     @property
     def name(self) -> str:
@@ -121,7 +141,7 @@ class OnnxRuntimeEngine:
         return self._manifest
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = {t.name for t in self._manifest.inputs}
+        expected = {t.name for t in self._inputs}
         if set(inputs) != expected:
             raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, "
                              f"got {sorted(inputs)}")
@@ -130,13 +150,14 @@ class OnnxRuntimeEngine:
 
 
 def load_engine(repo: Path, model: str, version: int | None = None,
-                intra_op_threads: int | None = None) -> Engine:
-    """Load `<repo>/<model>/<version>` (default: the highest version), verifying every file's sha256.
+                intra_op_threads: int | None = None, *, graph: str | None = None, verify: bool = True) -> Engine:
+    """Load `<repo>/<model>/<version>` (default: the highest version), verifying every file's sha256
+    (unless `verify` is False: a further graph of a version already verified).
 
     Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong.
     """
     folder = version_dir(Path(repo), model, version)
-    engine = OnnxRuntimeEngine(folder, intra_op_threads)
+    engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify)
     if engine.name != model:
         raise ValueError(f"{folder}: manifest model is {engine.name!r} but the folder says {model!r}")
     return engine

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from models.caption_text import CaptionTokenizer
+    from models.captioner import Captioner
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +26,11 @@ def tiny_speech_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       "--engine-weights", "espeak=0.75,flite=0.25,festival=0", "--seed", "3"])
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner() -> tuple[Captioner, CaptionTokenizer]:
+    """(model, tokenizer): the tiny captioner trained to say two captions (tests/captioner_tiny.py)."""
+    from tests.captioner_tiny import trained_tiny_captioner
+
+    return trained_tiny_captioner()

@@ -1,0 +1,87 @@
+"""`nui export captioner`: checkpoint -> encoder + decoder-step ONNX engines in a model repository, behind
+the parity gate.
+
+    nui export captioner --checkpoint runs/captioner_small --repo model_repository \
+        --dev-images data/captions/images/val [--dev-limit 64] [--weights-dtype float16|float32] [--version N]
+
+--checkpoint takes a run folder (its latest checkpoint), a checkpoint folder or a model.safetensors; the
+tokenizer.json next to it (or in its run folder) is published with the engines. --dev-images takes image
+files and/or folders of them (JPEG/PNG/WebP), preprocessed exactly as the server does. This is glue
+between training/ (checkpoint reader) and engines/ (export), which must not import each other.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from engines.export_captioner import DEFAULT_ATOL, ParityError, export_captioner
+from engines.manifest import sha256_file
+from models.caption_image import to_pixels
+from training.captioner.model_io import load_model
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+
+
+def image_files(paths: list[Path], limit: int) -> list[Path]:
+    """Up to `limit` image files: the files given, then each folder's images in name order."""
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ValueError(f"--dev-images: {p} is neither an image file nor a folder")
+    if not files:
+        raise ValueError(f"--dev-images: no {'/'.join(IMAGE_SUFFIXES)} files in {[str(p) for p in paths]}")
+    return files[:limit]
+
+
+def load_images(files: list[Path], size_px: int) -> np.ndarray:
+    """(N, 3, size, size) float32 in [0, 1], as the server preprocesses them."""
+    out = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                out.append(to_pixels(im, size_px))
+        except (OSError, UnidentifiedImageError) as e:
+            raise ValueError(f"cannot read image {f}: {e}") from e
+    return np.stack(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nui export captioner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--repo", type=Path, required=True, help="model repository folder")
+    p.add_argument("--model-name", default="captioner")
+    p.add_argument("--version", type=int, default=None, help="default: next free version")
+    p.add_argument("--dev-images", type=Path, nargs="+", help="images or folders for the parity gate "
+                   "(default: seeded synthetic images)")
+    p.add_argument("--dev-limit", type=int, default=64)
+    p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
+    p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        model, tokenizer, weights = load_model(args.checkpoint)
+        images = None
+        if args.dev_images:
+            images = load_images(image_files(args.dev_images, args.dev_limit), model.cfg.image_size_px)
+        path, manifest = export_captioner(
+            model, tokenizer.to_str(), args.repo, args.model_name, args.version, dev_images=images,
+            weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
+    except (OSError, ValueError, ParityError) as e:
+        print(f"nui export captioner: {e}", file=sys.stderr)
+        return 1
+    size_mb = manifest.extras["size_bytes"] / 1e6
+    print(f"published {path} ({size_mb:.1f} MB; parity: {manifest.parity})")
+    return 0
