@@ -1,9 +1,12 @@
 """`nui serve`: run the gRPC server (speech recognition, diagnosis) over a model repository.
 
     nui serve --repo model_repository --host 127.0.0.1 --port 50051 --max-batch-size 16 --max-queue-delay-ms 5
+    nui serve --metrics-port 8002 --auth-token-file token.txt --tls-cert cert.pem --tls-key key.pem \
+              --poll-repository-s 5 --log-format json           # production settings (README: Serving)
     python -m server.main --repo model_repository --port 0     # any free port; the address is printed
 
-Prints `listening on HOST:PORT` once every model is loaded and health reports SERVING; stops gracefully
+Prints `listening on HOST:PORT` (and `metrics on HOST:PORT`) once every model is loaded and warmed up and
+health reports SERVING; stops gracefully
 on SIGINT/SIGTERM. Exit status 0 after a clean shutdown, 1 when start-up fails (message on stderr).
 """
 
@@ -15,7 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from server.app import ServerConfig, SpeechServer, serve
+from server.app import ServerConfig, SpeechServer, host_port, serve
+from server.logs import LOG_FORMATS, configure_logging
 from server.repository import default_repo
 
 logger = logging.getLogger(__name__)
@@ -36,8 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intra-op-threads", type=int, default=None,
                    help="ONNX Runtime threads per engine run (default: all cores, at most 4)")
     p.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
+    p.add_argument("--metrics-port", type=int, default=0,
+                   help="serve Prometheus /metrics on this port of --host; 0: off (default)")
+    p.add_argument("--auth-token-file", type=Path, default=None,
+                   help="file holding a token; calls must then send 'authorization: Bearer <token>' "
+                        "(health stays open)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate chain: serve TLS")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key of --tls-cert")
+    p.add_argument("--keepalive-time-s", type=float, default=d.keepalive_time_s,
+                   help="ping idle connections this often (default %(default)s)")
+    p.add_argument("--keepalive-timeout-s", type=float, default=d.keepalive_timeout_s,
+                   help="close a connection whose ping is unanswered this long (default %(default)s)")
+    p.add_argument("--poll-repository-s", type=float, default=d.poll_repository_s,
+                   help="look for new/removed model versions this often; 0: only on RepositoryModelLoad "
+                        "(default %(default)s)")
+    p.add_argument("--retire-after-s", type=float, default=d.retire_after_s,
+                   help="a replaced version keeps answering late lookups this long, then drains "
+                        "(default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
+                   help="text lines or JSON lines (sizes, ids, codes, timings only; never content)")
     return p
+
+
+def read_token(path: Path) -> str:
+    """The token in `path` (surrounding whitespace removed); ValueError when unreadable or empty."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"cannot read --auth-token-file {path}: {e}") from e
+    if not token:
+        raise ValueError(f"--auth-token-file {path} is empty")
+    return token
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
@@ -46,16 +80,22 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, max_audio_s=args.max_audio_s,
         max_message_bytes=args.max_message_bytes, intra_op_threads=args.intra_op_threads,
-        shutdown_grace_s=args.shutdown_grace_s)
+        shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port or None,
+        auth_token=read_token(args.auth_token_file) if args.auth_token_file is not None else None,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, keepalive_time_s=args.keepalive_time_s,
+        keepalive_timeout_s=args.keepalive_timeout_s, poll_repository_s=args.poll_repository_s,
+        retire_after_s=args.retire_after_s)
 
 
 def _announce(server: SpeechServer) -> None:
     print(f"listening on {server.address}", flush=True)
+    if server.metrics_port is not None:
+        print(f"metrics on {host_port(server.host, server.metrics_port)}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         config = config_from_args(args)
         asyncio.run(serve(config, on_ready=_announce))

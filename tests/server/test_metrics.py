@@ -166,3 +166,56 @@ async def test_json_logs_carry_no_content(start: StartServer, clips: list[bytes]
     transcript = reply.results[0].alternatives[0].transcript
     for secret in ([transcript] if len(transcript) >= 4 else []) + [clips[1][44:60].hex(), repr(clips[1][44:60])]:
         assert secret not in text  # ... content is not
+
+
+def test_nui_serve_flags_for_production(tiny_repo: Path, tmp_path: Path) -> None:
+    """`nui serve` as a process: metrics port, token file, JSON log lines on stderr."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.server.conftest import ROOT
+
+    token = tmp_path / "token.txt"
+    token.write_text("tok-123\n")
+    metrics_port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "server.main", "--repo", str(tiny_repo), "--port", "0", "--intra-op-threads", "1",
+         "--metrics-port", str(metrics_port), "--auth-token-file", str(token), "--log-format", "json",
+         "--poll-repository-s", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        listening = proc.stdout.readline()
+        assert listening.startswith("listening on 127.0.0.1:"), listening
+        assert proc.stdout.readline().strip() == f"metrics on 127.0.0.1:{metrics_port}"
+        address = listening.split()[-1]
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            stub = speech_pb2_grpc.SpeechStub(channel)
+            with pytest.raises(grpc.RpcError) as e:
+                stub.Recognize(speech_pb2.RecognizeRequest(audio=b"x"), timeout=5)
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+        samples = scrape(metrics_port)
+        assert sample(samples, "nui_requests_total", service="nui.v1.Speech", method="Recognize",
+                      code="UNAUTHENTICATED") == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+        lines = [json.loads(line) for line in proc.stderr.read().splitlines() if line.strip()]
+        assert lines and all({"ts", "level", "logger", "message"} <= set(line) for line in lines)
+        assert any(line.get("rpc", {}).get("code") == "UNAUTHENTICATED" for line in lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_token_file_must_hold_a_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.main import main
+
+    (tmp_path / "empty").write_text("\n")
+    assert main(["--repo", str(tmp_path), "--auth-token-file", str(tmp_path / "empty")]) == 1
+    assert "is empty" in capsys.readouterr().err
