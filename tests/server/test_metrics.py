@@ -198,7 +198,7 @@ def test_nui_serve_flags_for_production(tiny_repo: Path, tmp_path: Path) -> None
             stub = speech_pb2_grpc.SpeechStub(channel)
             with pytest.raises(grpc.RpcError) as e:
                 stub.Recognize(speech_pb2.RecognizeRequest(audio=b"x"), timeout=5)
-            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
         samples = scrape(metrics_port)
         assert sample(samples, "nui_requests_total", service="nui.v1.Speech", method="Recognize",
                       code="UNAUTHENTICATED") == 1
