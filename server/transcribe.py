@@ -3,6 +3,8 @@
     nui transcribe clip.wav more.flac                        # in-process: ONNX Runtime, bundled model
     nui transcribe clip.wav --repo model_repository --words  # word start/end times too
     nui transcribe clip.wav --server 127.0.0.1:50051 --no-lm # over gRPC (`Recognize`)
+    nui transcribe clip.wav --server 127.0.0.1:50051 --stream  # `StreamingRecognize`, real-time chunks,
+                                                              # interim results (server/transcribe_stream.py)
 
 In-process runs use the server's own pre/post-processing (`SpeechCTCModel.prepare` and `run_batch`),
 without gRPC. One file: the transcript alone; several: `path: transcript` per file. With --words each
@@ -26,6 +28,7 @@ from server.audio import AudioEncoding, AudioLimits
 from server.errors import RequestError
 from server.repository import DEFAULT_MODEL, default_repo, load_speech_models, resolve
 from server.speech_ctc import DecodeOptions, Hypothesis, Recognition
+from server.transcribe_stream import stream_file
 
 PROG = "nui transcribe"
 
@@ -38,12 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", default=None, metavar="HOST:PORT", help="use a running `nui serve`")
     p.add_argument("--repo", type=Path, default=None,
                    help="model repository for in-process runs (default: the bundled model_repository)")
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default="", help=f"default: {DEFAULT_MODEL}, or speech_ctc_streaming with --stream")
     p.add_argument("--version", type=int, default=0, help="model version (0: latest)")
     p.add_argument("--words", action="store_true", help="print word start/end times")
     p.add_argument("--lm", action=argparse.BooleanOptionalAction, default=None,
                    help="beam search with the model's language model (default: when the model has one)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="per-file deadline with --server")
+    p.add_argument("--stream", action="store_true", help="with --server: stream each file as if recorded live")
+    p.add_argument("--chunk-ms", type=float, default=100.0, help="audio per message with --stream")
+    p.add_argument("--pace", action=argparse.BooleanOptionalAction, default=True,
+                   help="with --stream: send one chunk per chunk duration (real time)")
     return p
 
 
@@ -135,10 +142,33 @@ def run_files(files: list[Path], transcribe: Transcriber, words: bool, server: s
     return 1 if failures else 0
 
 
+def _stream_files(args: argparse.Namespace) -> int:
+    if args.server is None:
+        _error("--stream needs --server HOST:PORT (a server with a streaming model)")
+        return 1
+    failures = 0
+    with grpc.insecure_channel(args.server) as channel:
+        for path in args.files:
+            try:
+                for line in stream_file(channel, path, args.model, args.version, words=args.words, use_lm=args.lm,
+                                        chunk_ms=args.chunk_ms, pace=args.pace,
+                                        timeout_s=args.timeout_s):
+                    print(f"{path}: {line}" if len(args.files) > 1 else line, flush=True)
+            except (OSError, RuntimeError) as e:  # unreadable file (soundfile raises RuntimeError subclasses)
+                _error(f"{path}: cannot read it ({e})")
+                failures += 1
+            except grpc.RpcError as e:
+                _error(f"{path}: {_rpc_message(e, args.server)}")
+                failures += 1
+    return 1 if failures else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     options = DecodeOptions(words=args.words, use_lm=args.lm)
+    if args.stream:
+        return _stream_files(args)
     if args.server is not None:
         with grpc.insecure_channel(args.server) as channel:
             transcribe = grpc_transcriber(channel, args.model, args.version, options, args.timeout_s)

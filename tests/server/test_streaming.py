@@ -19,7 +19,7 @@ from server.errors import RequestError
 from server.repository import load_speech_models
 from server.streaming import RecognitionStream, StreamLimits, StreamOptions, load_streaming_models
 from tests.server.conftest import StartServer
-from tests.server.helpers import SAMPLE_RATE_HZ, make_clip, pcm16, wait_until
+from tests.server.helpers import SAMPLE_RATE_HZ, encode, make_clip, pcm16, wait_until
 
 CHUNK_BYTES = 2 * 1600  # 100 ms of 16 kHz int16, on purpose not the engine's 120 ms chunk
 
@@ -215,3 +215,19 @@ async def test_resampled_float_stream_is_accepted(start: StartServer, streaming_
     config = _config(encoding=speech_pb2.LINEAR_FLOAT32, sample_rate_hertz=8000)
     responses = await _stream(server, config, _split(clip.astype("<f4").tobytes(), 3200))
     assert len(_finals(responses)) == 1 and responses[-1].audio_processed_s == pytest.approx(1.0)
+
+
+async def test_nui_transcribe_stream_prints_interims_then_the_final(
+        start: StartServer, streaming_repo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from server.transcribe import main
+
+    server = await start(repo=streaming_repo)
+    clip = make_clip(2.3, seed=4)
+    path = tmp_path / "clip.wav"
+    path.write_bytes(encode(clip))
+    args = [str(path), "--server", server.address, "--stream", "--no-pace", "--chunk-ms", "50"]
+    assert await asyncio.to_thread(main, args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("~ ") and lines[-1] == greedy_decode(_offline_log_probs(clip))
+    assert main([str(path), "--stream"]) == 1
+    assert "--stream needs --server" in capsys.readouterr().err
