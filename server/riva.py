@@ -44,11 +44,12 @@ import numpy as np
 
 from proto import riva_asr_pb2 as rasr
 from server.audio import AudioEncoding, AudioLimits
+from server.endpointing import EndpointOptions
 from server.errors import checked_request_id, invalid_argument, not_found, status_of
 from server.repository import resolve
 from server.speech_ctc import DecodeOptions, Hypothesis
 from server.speech_service import ServedModel
-from server.streaming import EndpointOptions, RecognitionStream, StreamOptions, StreamResult
+from server.streaming import RecognitionStream, StreamOptions, StreamResult
 from server.streaming_service import StreamingRecognizer, StreamProtocol, StreamStart, failed_precondition
 
 logger = logging.getLogger(__name__)

@@ -12,10 +12,10 @@ function: it stacks the states of whichever streams' chunks are waiting into one
     results = await stream.feed(pcm16_bytes)   # interim results (when asked for), finals at endpoints
     results += await stream.finish()           # end of stream: flush, final result
 
-Endpointing is an energy VAD on the audio (10 ms frames; a frame is speech above `threshold_dbfs`):
-after speech, `silence_ms` of silence ends an utterance, and its final result comes as soon as the
-engine has emitted the frames up to there. Interim results are greedy; finals use beam search + the
-model's LM when it has one (unless asked for greedy). Logs never carry audio or text.
+Endpointing (server/endpointing.py) is an energy VAD on the audio: after speech, `silence_ms` of silence
+ends an utterance, and its final result comes as soon as the engine has emitted the frames up to there.
+Interim results are greedy; finals use beam search + the model's LM when it has one (unless asked for
+greedy). Logs never carry audio or text.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -35,8 +35,9 @@ import soxr
 
 from engines.engine import Engine, load_engine
 from engines.manifest import Manifest, model_versions, read_manifest, version_dir
-from models.ctc_text import BLANK, VOCAB, WordTiming, greedy_decode
+from models.ctc_text import BLANK, VOCAB, WordTiming, decode_ids, greedy_decode
 from server.batcher import BatchObserver, DynamicBatcher
+from server.endpointing import EndpointOptions, EnergyEndpointer
 from server.errors import RequestError, invalid_argument, out_of_range
 from server.speech_ctc import CTCDecoder, GreedyDecoder, Hypothesis, load_lm_decoder
 
@@ -44,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 TASK = "speech_ctc_streaming"
 DEFAULT_MODEL = "speech_ctc_streaming"
-VAD_FRAME_S = 0.01
 Encoding = Literal["pcm16", "float32"]
 
 
@@ -180,19 +180,6 @@ def load_streaming_models(repo: Path, intra_op_threads: int | None = None
 
 
 @dataclass(frozen=True)
-class EndpointOptions:
-    enabled: bool = True
-    silence_ms: float = 800.0  # silence after speech that ends an utterance
-    threshold_dbfs: float = -40.0  # a 10 ms frame above this RMS level is speech
-
-    def __post_init__(self) -> None:
-        if not 50 <= self.silence_ms <= 10_000:
-            raise invalid_argument(f"endpointing.silence_ms is {self.silence_ms:g}; allowed: 50..10000")
-        if not -100 <= self.threshold_dbfs <= 0:
-            raise invalid_argument(f"endpointing.threshold_dbfs is {self.threshold_dbfs:g}; allowed: -100..0")
-
-
-@dataclass(frozen=True)
 class StreamOptions:
     sample_rate_hz: int  # of the audio the client sends
     encoding: Encoding = "pcm16"
@@ -200,7 +187,7 @@ class StreamOptions:
     words: bool = False
     use_lm: bool | None = None  # finals: None = the LM when the model has one
     max_alternatives: int = 1
-    endpointing: EndpointOptions = EndpointOptions()
+    endpointing: EndpointOptions = field(default_factory=EndpointOptions)
 
 
 @dataclass(frozen=True)
@@ -232,15 +219,14 @@ def check_options(options: StreamOptions, limits: StreamLimits, model: Streaming
 
 
 def _stability(log_probs: np.ndarray, transcript: str) -> float:
-    if not transcript:
-        return 0.0
+    """Share of the greedy transcript in words followed by a word boundary (greedy never revises them)."""
     best = log_probs.argmax(axis=-1)
-    emitted = best[(best != BLANK) & np.r_[True, best[1:] != best[:-1]]]
+    emitted = best[(best != BLANK) & np.r_[True, best[1:] != best[:-1]]]  # the best path's characters
     spaces = np.flatnonzero(emitted == VOCAB.index(" "))
-    if not len(spaces):
+    if not transcript or not len(spaces):
         return 0.0
-    done = greedy_decode(np.eye(len(VOCAB))[emitted[: spaces[-1]]])  # words before the last boundary
-    return min(1.0, len(done) / len(transcript))
+    done = decode_ids(emitted[: spaces[-1]]).split()  # words before the last boundary
+    return min(1.0, len(" ".join(done)) / len(transcript))
 
 
 class RecognitionStream:
@@ -266,12 +252,7 @@ class RecognitionStream:
         self._next_frame = 0
         self._last_interim = ""
         self._finals = 0
-        # energy VAD
-        self._vad_frame = max(1, round(VAD_FRAME_S * self._rate))
-        self._vad_rest = np.zeros(0, np.float32)
-        self._vad_pos = 0
-        self._speech_seen = False
-        self._silence = 0
+        self._endpointer = EnergyEndpointer(options.endpointing, self._rate)
         self._cuts: list[int] = []  # utterance ends, as output-frame indices
 
     def _decode_bytes(self, data: bytes) -> np.ndarray:
@@ -325,8 +306,8 @@ class RecognitionStream:
 
     async def _take(self, samples: np.ndarray) -> list[StreamResult]:
         self._samples += len(samples)
-        if self.options.endpointing.enabled:
-            self._vad(samples)
+        samples_per_frame = self.model.spec.frame_s * self._rate
+        self._cuts += [math.floor(end / samples_per_frame) for end in self._endpointer.push(samples)]
         self._pending = np.concatenate([self._pending, samples])
         results: list[StreamResult] = []
         k = self.model.spec.chunk_samples
@@ -347,27 +328,6 @@ class RecognitionStream:
                 if interim is not None:
                     results.append(interim)
         return out.finished
-
-    def _vad(self, samples: np.ndarray) -> None:
-        x = np.concatenate([self._vad_rest, samples])
-        n = len(x) // self._vad_frame
-        self._vad_rest = x[n * self._vad_frame:]
-        if not n:
-            return
-        frames = x[: n * self._vad_frame].reshape(n, self._vad_frame).astype(np.float64)
-        level_dbfs = 10 * np.log10((frames ** 2).mean(axis=1) + 1e-12) + 3.0103  # a full-scale sine = 0 dBFS
-        opts = self.options.endpointing
-        silence_needed = round(opts.silence_ms / 1000 / VAD_FRAME_S)
-        samples_per_frame = self.model.spec.frame_s * self._rate
-        for speech in level_dbfs > opts.threshold_dbfs:
-            self._vad_pos += self._vad_frame
-            if speech:
-                self._speech_seen, self._silence = True, 0
-            elif self._speech_seen:
-                self._silence += 1
-                if self._silence >= silence_needed:
-                    self._cuts.append(math.floor(self._vad_pos / samples_per_frame))
-                    self._speech_seen, self._silence = False, 0
 
     async def _endpoint_results(self) -> list[StreamResult]:
         results = []

@@ -24,12 +24,12 @@ import grpc
 
 from proto import speech_pb2
 from server.audio import AudioLimits
+from server.endpointing import EndpointOptions
 from server.errors import RequestError, checked_request_id, invalid_argument, not_found, status_of
 from server.repository import resolve
 from server.speech_service import ServedModel, SpeechServicer
 from server.streaming import (
     DEFAULT_MODEL,
-    EndpointOptions,
     RecognitionStream,
     ServedStreamingModel,
     StreamLimits,

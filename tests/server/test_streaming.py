@@ -231,3 +231,58 @@ async def test_nui_transcribe_stream_prints_interims_then_the_final(
     assert lines[0].startswith("~ ") and lines[-1] == greedy_decode(_offline_log_probs(clip))
     assert main([str(path), "--stream"]) == 1
     assert "--stream needs --server" in capsys.readouterr().err
+
+
+@pytest.fixture
+def streaming_lm_repo(streaming_repo: Path, lm_repo: Path, tmp_path: Path) -> Path:
+    """The streaming model with the 3-gram LM and beam options of `lm_repo` in its manifest."""
+    import dataclasses
+    import shutil
+
+    from engines.manifest import read_manifest, sha256_file, write_manifest
+
+    repo = tmp_path / "repo"
+    shutil.copytree(lm_repo / "speech_ctc", repo / "speech_ctc")
+    folder = repo / "speech_ctc_streaming" / "1"
+    shutil.copytree(streaming_repo / "speech_ctc_streaming" / "1", folder)
+    lm = read_manifest(lm_repo / "speech_ctc" / "1")
+    for name in ("lm.arpa", "unigrams.txt"):
+        shutil.copyfile(lm_repo / "speech_ctc" / "1" / name, folder / name)
+    manifest = read_manifest(folder)
+    write_manifest(folder, dataclasses.replace(
+        manifest, files={**manifest.files, **{n: sha256_file(folder / n) for n in ("lm.arpa", "unigrams.txt")}},
+        extras={**manifest.extras, "lm": lm.extras["lm"], "decoder": lm.extras["decoder"]}))
+    return repo
+
+
+async def test_finals_use_the_lm_and_interims_stay_greedy(start: StartServer, streaming_lm_repo: Path) -> None:
+    server = await start(repo=streaming_lm_repo)
+    model = server.streaming["speech_ctc_streaming"][1].model
+    assert model.lm_decoder is not None
+    clip = make_clip(2.3, seed=4)
+    offline = _offline_log_probs(clip)
+    config = _config(interim_results=True, endpointing=speech_pb2.EndpointingConfig(disabled=True))
+    results = [r for resp in await _stream(server, config, _split(pcm16(clip))) for r in resp.results]
+    [want] = model.lm_decoder.decode(offline, 0.02, words=False, max_alternatives=1)
+    assert results[-1].is_final and results[-1].alternatives[0].transcript == want.transcript
+    assert want.transcript != greedy_decode(offline)  # so the check above tells LM from greedy
+    interims = [r.alternatives[0].transcript for r in results if not r.is_final]
+    assert interims and greedy_decode(offline).startswith(interims[-1])
+    greedy = _config(decoder=speech_pb2.DECODER_GREEDY, endpointing=speech_pb2.EndpointingConfig(disabled=True))
+    [final] = _finals(await _stream(server, greedy, _split(pcm16(clip))))
+    assert final.alternatives[0].transcript == greedy_decode(offline)
+
+
+def test_energy_endpointer_ends_after_silence_whatever_the_message_sizes() -> None:
+    from server.endpointing import EndpointOptions, EnergyEndpointer
+
+    silence = np.zeros(8000, np.float32)
+    audio = np.concatenate([silence, make_clip(0.5, seed=1), silence, make_clip(0.3, seed=2), silence[:4000]])
+    whole = EnergyEndpointer(EndpointOptions(silence_ms=200), SAMPLE_RATE_HZ).push(audio)
+    assert whole == [16000 + 3200, 24000 + 4800 + 3200]  # 200 ms after each burst; leading silence ignored
+    pieces = EnergyEndpointer(EndpointOptions(silence_ms=200), SAMPLE_RATE_HZ)
+    ends = [e for i in range(0, len(audio), 777) for e in pieces.push(audio[i: i + 777])]
+    assert ends == whole
+    assert EnergyEndpointer(EndpointOptions(enabled=False), SAMPLE_RATE_HZ).push(audio) == []
+    quiet = EnergyEndpointer(EndpointOptions(silence_ms=200, threshold_dbfs=-5), SAMPLE_RATE_HZ)
+    assert quiet.push(audio) == []  # the bursts (about -13 dBFS) are below this threshold: no speech, no end
