@@ -25,9 +25,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from proto import diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
+from proto import caption_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.audio import AudioLimits
 from server.batcher import DynamicBatcher
+from server.caption_service import SERVICE as CAPTIONER_SERVICE
+from server.caption_service import CaptionServicer
+from server.captioner import (
+    CaptionBatching,
+    CaptionerModel,
+    ImageLimits,
+    ServedCaptioner,
+    load_captioner_models,
+    serve_captioner_models,
+)
 from server.diagnosis import DiagnosisServingModel
 from server.diagnosis_service import DiagnosisServicer, ServedDiagnosisModel
 from server.interceptors import ServingInterceptor
@@ -123,6 +133,7 @@ class SpeechServer:
         self.background: list[asyncio.Task[None]] = []  # repository polling
         self.streaming: dict[str, dict[int, ServedStreamingModel]] = {}
         self.streams = StreamTracker()  # `streams.in_flight`: open streaming calls, every API
+        self.captioner: dict[str, dict[int, ServedCaptioner]] = {}
 
     @property
     def address(self) -> str:
@@ -141,6 +152,7 @@ class SpeechServer:
             batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
             await asyncio.gather(*(b.close() for b in batchers))
         await asyncio.gather(*(s.batcher.close() for vs in self.streaming.values() for s in vs.values()))
+        await asyncio.gather(*(s.close() for vs in self.captioner.values() for s in vs.values()))
         if self.metrics is not None:
             self.metrics.stop_http()
         logger.info("server on %s stopped", self.address)
@@ -160,6 +172,7 @@ class ServingContext:
     ready: bool = False  # every model loaded and warmed up (health SERVING from then on)
     streaming: dict[str, dict[int, ServedStreamingModel]] = field(default_factory=dict)
     streams: StreamTracker = field(default_factory=StreamTracker)
+    captioner: dict[str, dict[int, ServedCaptioner]] = field(default_factory=dict)
 
 
 def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
@@ -199,6 +212,13 @@ def _register_kserve(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
     return [KSERVE_SERVICE]
 
 
+def _register_captioner(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+    if not ctx.captioner:
+        return []
+    caption_pb2_grpc.add_CaptionerServicer_to_server(CaptionServicer(ctx.captioner, ImageLimits()), server)
+    return [CAPTIONER_SERVICE]
+
+
 def _version() -> str:
     try:
         return importlib.metadata.version("nui")
@@ -212,17 +232,20 @@ SERVICES: list[ServiceRegistration] = [
     _register_diagnosis,
     _register_kserve,
     _register_riva,
+    _register_captioner,
 ]
 
 
 async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechCTCModel]] | None = None,
                        diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None,
-                       streaming_models: dict[str, dict[int, StreamingModel]] | None = None) -> SpeechServer:
+                       streaming_models: dict[str, dict[int, StreamingModel]] | None = None,
+                       captioner_models: dict[str, dict[int, CaptionerModel]] | None = None) -> SpeechServer:
     """Load the repository (or use `models` / `diagnosis_models` / `streaming_models`, already loaded:
     then only those are served), bind, register every service of SERVICES, start, report SERVING."""
-    if models is None and diagnosis_models is None and streaming_models is None:
+    if models is None and diagnosis_models is None and streaming_models is None and captioner_models is None:
         models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
         streaming_models = await asyncio.to_thread(load_streaming_models, config.repo, config.intra_op_threads)
+        captioner_models = await asyncio.to_thread(load_captioner_models, config.repo, config.intra_op_threads)
     models = models or {}
     diagnosis_models = diagnosis_models or {}
     metrics = ServerMetrics()
@@ -247,6 +270,8 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
                          streaming=serve_streaming_models(streaming_models or {}, config.max_batch_size,
                                                           config.max_queue_delay_ms, config.max_queue_size,
                                                           metrics.observer))
+    ctx.captioner = serve_captioner_models(captioner_models or {}, CaptionBatching(
+        config.max_batch_size, config.max_queue_delay_ms, max_queue_size=config.max_queue_size), metrics.observer)
     model_services = [name for register in SERVICES for name in register(server, ctx)]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -257,11 +282,13 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
     await server.start()
     running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis, store, metrics)
     running.streaming, running.streams = ctx.streaming, ctx.streams
+    running.captioner = ctx.captioner
     try:
         if config.metrics_port is not None:
             running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
         await store.warm_up_all()
         await warm_up_streaming(ctx.streaming)
+        await asyncio.gather(*(s.warm_up() for vs in ctx.captioner.values() for s in vs.values()))
     except BaseException:
         await running.stop(0)
         raise

@@ -17,11 +17,15 @@ from typing import TypeVar
 
 from engines.engine import load_engine
 from engines.manifest import model_versions, read_manifest, version_dir
+from server.captioner import TASK as CAPTIONER_TASK
 from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
 from server.errors import invalid_argument, not_found
 from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
 from server.streaming import TASK as STREAMING_TASK
+
+# Tasks whose models other loaders pick up (server/streaming.py, server/captioner.py): not warned about.
+OTHER_TASKS = (STREAMING_TASK, CAPTIONER_TASK)
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +75,17 @@ def load_models(repo: Path, intra_op_threads: int | None = None,
                 speech.setdefault(model.name, {})[version] = model
             elif model is not None:
                 diagnosis.setdefault(model.name, {})[version] = model
-    if not speech and not diagnosis:
+    if not speech and not diagnosis and not _holds_task(repo, OTHER_TASKS):
         raise ValueError(f"model repository {repo} holds no {' or '.join(tasks)} model (expected "
                          "<model>/<version>/manifest.json)")
     return speech, diagnosis
+
+
+def _holds_task(repo: Path, tasks: tuple[str, ...]) -> bool:
+    """Whether any model version under `repo` is of one of `tasks` (loaded elsewhere)."""
+    return any(read_manifest(version_dir(repo, d.name, v), verify=False).task in tasks
+               for d in repo.iterdir() if d.is_dir() and not d.name.startswith(".")
+               for v in model_versions(repo, d.name))
 
 
 def load_model_version(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
@@ -85,7 +96,7 @@ def load_model_version(repo: Path, name: str, version: int, intra_op_threads: in
     folder = version_dir(repo, name, version)
     task = read_manifest(folder, verify=False).task
     if task not in tasks:
-        if task not in (TASK, DIAGNOSIS_TASK, STREAMING_TASK):  # streaming: server/streaming.py loads them
+        if task not in (TASK, DIAGNOSIS_TASK, *OTHER_TASKS):
             logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
                            name, version, task, " and ".join(map(repr, tasks)))
         return None
