@@ -173,3 +173,26 @@ def test_decode_image_limits_and_modes() -> None:
         assert decode_image(buf.getvalue(), ImageLimits()).convert("RGB").size == (9, 7)
     gray = np.asarray(decode_image(picture_bytes("blue", "WEBP"), ImageLimits()).convert("RGB"))
     assert gray.shape == (32, 32, 3)
+
+
+async def test_nui_caption_in_process_and_over_grpc(start: StartServer, caption_repo: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from server.caption import main
+
+    red, blue, bad = tmp_path / "red.png", tmp_path / "blue.jpg", tmp_path / "bad.png"
+    red.write_bytes(picture_bytes("red", "PNG", 40))
+    blue.write_bytes(picture_bytes("blue", "JPEG", 64))
+    bad.write_bytes(b"not a picture")
+    assert await asyncio.to_thread(main, [str(red), str(bad), str(blue), "--repo", str(caption_repo)]) == 1
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [f"{red}: {CAPTIONS['red']}", f"{blue}: {CAPTIONS['blue']}"]
+    assert f"error: {bad}: image is not a JPEG, PNG, WEBP image" in err
+
+    server = await start()
+    argv = [str(blue), "--server", server.address, "--beam", "2", "--n-best", "2"]
+    assert await asyncio.to_thread(main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0].endswith(f"\t{CAPTIONS['blue']}")
+    assert float(lines[0].split("\t")[0]) >= float(lines[1].split("\t")[0])
+    assert await asyncio.to_thread(main, [str(blue), "--server", server.address, "--beam", "99"]) == 1
+    assert "OUT_OF_RANGE: config.beam_size is 99" in capsys.readouterr().err
