@@ -11,6 +11,8 @@
     nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
     nui eval dialog --repo model_repository --data data/diagnosis [--patients 500]
     nui diagnose --symptom HP:0001945 --absent HP:0002315 [--server host:port]
+    nui export captioner --checkpoint RUN_OR_CKPT --repo model_repository [--dev-images DIR ...]
+    nui caption photo.jpg [--server host:port] [--beam 3] [--n-best 3]
 
 Subcommand modules are imported only when used, so `nui serve` never imports torch.
 """
@@ -33,10 +35,12 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("eval", "diagnosis"): "training.diagnosis.evaluate:main",
     ("export", "speech"): "nui.export:main",
     ("export", "diagnosis"): "nui.export_diagnosis:export_main",
+    ("export", "captioner"): "nui.export_captioner:main",
     ("eval", "dialog"): "nui.export_diagnosis:dialog_main",
     ("serve", None): "server.main:main",
     ("transcribe", None): "server.transcribe:main",
     ("diagnose", None): "server.diagnose:main",
+    ("caption", None): "server.caption:main",
 }
 TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis"}
 
