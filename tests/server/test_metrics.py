@@ -7,6 +7,7 @@ import asyncio
 import json
 import logging
 import socket
+import time
 import urllib.request
 from pathlib import Path
 
@@ -30,6 +31,17 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         text = reply.read().decode()
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape_until(port: int, name: str, **labels: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Scrape until `name{labels}` shows: an aborted call's status reaches the client a moment before the
+    server's interceptor counts it."""
+    deadline = time.monotonic() + 5
+    while True:
+        samples = scrape(port)
+        if sample(samples, name, **labels) or time.monotonic() > deadline:
+            return samples
+        time.sleep(0.02)
 
 
 def sample(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str) -> float:
@@ -62,7 +74,8 @@ async def test_metrics_count_requests_batches_and_models(start: StartServer, cli
         await infer_call(channel)(infer_request(0.5, 1), timeout=10)
     with server.metrics.stream("nui.v1.Speech"):
         during = await asyncio.to_thread(scrape, server.metrics_port)
-    after = await asyncio.to_thread(scrape, server.metrics_port)
+    after = await asyncio.to_thread(scrape_until, server.metrics_port, "nui_requests_total",
+                                    service="nui.v1.Speech", method="Recognize", code="INVALID_ARGUMENT")
     stats = server.served["speech_ctc"][1].batcher.stats
     model = {"model": "speech_ctc", "version": "1"}
     assert sample(after, "nui_requests_total", service="nui.v1.Speech", method="Recognize", code="OK") == 4
@@ -96,7 +109,7 @@ async def test_health_is_not_serving_until_warmed_up(tiny_repo: Path, tiny_model
     """The port answers during warm-up: health NOT_SERVING, KServe live but not ready; SERVING after."""
     port = free_port()
     config = ServerConfig(repo=tiny_repo, port=port, intra_op_threads=1)
-    starting = asyncio.ensure_future(start_server(config, wrap_models(tiny_models, delay_s=1.5)))
+    starting = asyncio.ensure_future(start_server(config, wrap_models(tiny_models, delay_s=3.0)))
     seen: list[int] = []
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
@@ -199,7 +212,8 @@ def test_nui_serve_flags_for_production(tiny_repo: Path, tmp_path: Path) -> None
             with pytest.raises(grpc.RpcError) as e:
                 stub.Recognize(speech_pb2.RecognizeRequest(audio=b"x"), timeout=5)
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        samples = scrape(metrics_port)
+        samples = scrape_until(metrics_port, "nui_requests_total", service="nui.v1.Speech", method="Recognize",
+                               code="UNAUTHENTICATED")
         assert sample(samples, "nui_requests_total", service="nui.v1.Speech", method="Recognize",
                       code="UNAUTHENTICATED") == 1
         proc.send_signal(signal.SIGTERM)
