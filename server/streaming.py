@@ -63,6 +63,7 @@ class StreamingSpec:
     frame_s: float
     chunk_samples: int
     chunk_frames: int
+    lag_frames: int  # output frames the engine's rows trail the audio by (its lookahead)
     states: tuple[StateTensor, ...]
     out_suffix: str
 
@@ -72,7 +73,7 @@ class StreamingSpec:
             s = manifest.extras["streaming"]
             return cls(sample_rate_hz=int(manifest.config["sample_rate_hz"]),
                        frame_s=float(manifest.extras["frame_s"]), chunk_samples=int(s["chunk_samples"]),
-                       chunk_frames=int(s["chunk_frames"]),
+                       chunk_frames=int(s["chunk_frames"]), lag_frames=int(s["lag_frames"]),
                        states=tuple(StateTensor(t["name"], t["dtype"], tuple(int(d) for d in t["shape"]))
                                     for t in s["state"]),
                        out_suffix=str(s["state_out_suffix"]))
@@ -196,6 +197,7 @@ class StreamLimits:
     max_sample_rate_hz: int = 48000
     max_stream_s: float = 300.0
     max_message_s: float = 5.0  # audio in one message
+    max_idle_s: float = 30.0  # longest wait for the client's next message
 
 
 @dataclass(frozen=True)
@@ -293,9 +295,14 @@ class RecognitionStream:
         results = await self._take(tail)
         self._finished = True
         total = self._samples
+        spec = self.model.spec
+        calls_left = 2 + spec.lag_frames // spec.chunk_frames
         done = False
         while not done:
-            chunk = np.zeros(self.model.spec.chunk_samples, np.float32)
+            if calls_left == 0:  # the engine never reported the flush done: a broken engine, not the client
+                raise RuntimeError(f"{self.model.name} v{self.model.version}: flush did not finish")
+            calls_left -= 1
+            chunk = np.zeros(spec.chunk_samples, np.float32)
             chunk[: len(self._pending)] = self._pending
             self._pending = self._pending[:0]
             done = await self._run(chunk, total, results)

@@ -13,6 +13,7 @@ streams in flight.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -25,7 +26,7 @@ import grpc
 from proto import speech_pb2
 from server.audio import AudioLimits
 from server.endpointing import EndpointOptions
-from server.errors import RequestError, checked_request_id, invalid_argument, not_found, status_of
+from server.errors import RequestError, checked_request_id, invalid_argument, not_found, out_of_range, status_of
 from server.repository import resolve
 from server.speech_service import ServedModel, SpeechServicer
 from server.streaming import (
@@ -88,6 +89,17 @@ class StreamingRecognizer:
         except RequestError as e:
             raise not_found(f"{e.message} (streaming models)") from None
 
+    async def _next(self, messages: AsyncIterator[Req]) -> Req | None:
+        """The client's next message, None at its half-close; OUT_OF_RANGE when it is idle too long."""
+        try:
+            async with asyncio.timeout(self.limits.max_idle_s):
+                return await anext(messages)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            raise out_of_range(f"no message for {self.limits.max_idle_s:g} s; send audio (or silence) "
+                               "continuously and half-close the stream when done") from None
+
     async def run(self, requests: AsyncIterable[Req], context: grpc.aio.ServicerContext,
                   protocol: StreamProtocol[Req, Resp]) -> AsyncIterator[Resp]:
         started = time.monotonic()
@@ -96,17 +108,16 @@ class StreamingRecognizer:
         try:
             with self.tracker.track(), self.observe_stream():
                 messages = aiter(requests)
-                try:
-                    first = await anext(messages)
-                except StopAsyncIteration:
+                first = await self._next(messages)
+                if first is None:
                     raise failed_precondition("the stream ended before its first message, which must carry "
-                                              "the config") from None
+                                              "the config")
                 start = protocol.start(first)
                 request_id = start.request_id
                 served = self.resolve(start.model, start.version)
                 stream = RecognitionStream(served.model, served.batcher.submit, start.options, self.limits,
                                            request_id)
-                async for request in messages:
+                while (request := await self._next(messages)) is not None:
                     results = await stream.feed(protocol.audio(request))
                     for response in protocol.respond(results, stream):
                         yield response

@@ -17,7 +17,14 @@ from proto import speech_pb2, speech_pb2_grpc
 from server.app import SpeechServer
 from server.errors import RequestError
 from server.repository import load_speech_models
-from server.streaming import RecognitionStream, StreamLimits, StreamOptions, load_streaming_models
+from server.streaming import (
+    ChunkJob,
+    ChunkOutput,
+    RecognitionStream,
+    StreamLimits,
+    StreamOptions,
+    load_streaming_models,
+)
 from tests.server.conftest import StartServer
 from tests.server.helpers import SAMPLE_RATE_HZ, encode, make_clip, pcm16, wait_until
 
@@ -198,8 +205,9 @@ async def test_cancel_frees_the_stream(start: StartServer, streaming_repo: Path)
 async def test_stream_longer_than_the_limit_is_out_of_range(streaming_repo: Path) -> None:
     model = load_streaming_models(streaming_repo, 1)["speech_ctc_streaming"][1]
 
-    async def submit(job):  # type: ignore[no-untyped-def]
+    async def submit(job: ChunkJob) -> ChunkOutput:
         [out] = model.run_batch([job])
+        assert isinstance(out, ChunkOutput)
         return out
 
     stream = RecognitionStream(model, submit, StreamOptions(SAMPLE_RATE_HZ), StreamLimits(max_stream_s=1.0), "x")
@@ -286,3 +294,27 @@ def test_energy_endpointer_ends_after_silence_whatever_the_message_sizes() -> No
     assert EnergyEndpointer(EndpointOptions(enabled=False), SAMPLE_RATE_HZ).push(audio) == []
     quiet = EnergyEndpointer(EndpointOptions(silence_ms=200, threshold_dbfs=-5), SAMPLE_RATE_HZ)
     assert quiet.push(audio) == []  # the bursts (about -13 dBFS) are below this threshold: no speech, no end
+
+
+async def test_a_silent_client_is_cut_off_after_the_idle_limit() -> None:
+    from server.streaming import StreamTracker
+    from server.streaming_service import StreamingRecognizer, StreamProtocol, _audio, _respond, _start
+
+    class Context:
+        code: grpc.StatusCode | None = None
+
+        async def abort(self, code: grpc.StatusCode, message: str) -> None:
+            self.code = code
+            raise grpc.aio.AbortError()
+
+    async def silent() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+        await asyncio.Event().wait()  # never sends anything
+        yield speech_pb2.StreamingRecognizeRequest()
+
+    tracker = StreamTracker()
+    recognizer = StreamingRecognizer({}, StreamLimits(max_idle_s=0.05), tracker)
+    context = Context()
+    with pytest.raises(grpc.aio.AbortError):
+        async for _ in recognizer.run(silent(), context, StreamProtocol(_start, _audio, _respond)):
+            pass
+    assert context.code == grpc.StatusCode.OUT_OF_RANGE and tracker.in_flight == 0
