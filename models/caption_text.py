@@ -98,7 +98,7 @@ class CaptionTokenizer:
         self.tokenizer.save(str(path))
 
     def to_str(self) -> str:
-        return self.tokenizer.to_str()
+        return self.tokenizer.to_str(pretty=True)  # byte-identical to the file `save` writes
 
     @property
     def vocab_size(self) -> int:

@@ -11,6 +11,10 @@
     nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
     nui eval dialog --repo model_repository --data data/diagnosis [--patients 500]
     nui diagnose --symptom HP:0001945 --absent HP:0002315 [--server host:port]
+    nui data captions --out data/captions         build the caption scenes (COCO-captions JSON + images)
+    nui data coco --annotations captions_train2017.json --images DIR --out data/coco
+    nui train captioner --nproc 2 --recipe training/captioner/recipes/small.yaml [key=value ...]
+    nui eval captioner --checkpoint RUN_OR_CKPT --data data/captions --split test --out eval.json [--photos]
     nui export captioner --checkpoint RUN_OR_CKPT --repo model_repository [--dev-images DIR ...]
     nui caption photo.jpg [--server host:port] [--beam 3] [--n-best 3]
 
@@ -31,6 +35,9 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("data", "librispeech"): "training.speech_ctc.librispeech:main",
     ("data", "lm"): "training.speech_ctc.lm:main",
     ("data", "diagnosis"): "training.diagnosis.data:main",
+    ("data", "captions"): "training.captioner.data:main",
+    ("data", "coco"): "training.captioner.coco:main",
+    ("eval", "captioner"): "training.captioner.evaluate:main",
     ("eval", "speech"): "training.speech_ctc.evaluate:main",
     ("eval", "diagnosis"): "training.diagnosis.evaluate:main",
     ("export", "speech"): "nui.export:main",
@@ -42,7 +49,7 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("diagnose", None): "server.diagnose:main",
     ("caption", None): "server.caption:main",
 }
-TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis"}
+TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis", "captioner": "training.captioner"}
 
 
 def _load(target: str) -> Callable[[list[str]], int]:

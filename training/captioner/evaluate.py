@@ -1,0 +1,159 @@
+"""`nui eval captioner`: caption a split (greedy and beam search) and score it with BLEU-4 and CIDEr.
+
+    nui eval captioner --checkpoint runs/captioner_small --data data/captions --split test \
+        --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos]
+
+Writes the JSON (metrics per decoder, every hypothesis with its references) and `<out stem>.png`, a grid
+of sample images with their greedy caption. `--photos` also captions scikit-image's real photographs
+(coffee, astronaut, chelsea the cat, rocket, ...), which the model has never seen, into the JSON and
+`<out stem>_photos.png`. Beam search is models/caption_beam.py (what the server runs) over the torch
+decoder step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.caption_beam import SearchOptions, beam_search
+from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
+from models.captioner import Captioner
+from training.captioner.coco import CaptionedImage, read_coco
+from training.captioner.dataset import load_image
+from training.captioner.metrics import caption_scores, greedy_decode
+from training.captioner.model_io import load_model
+
+logger = logging.getLogger(__name__)
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+          "retina", "colorwheel", "logo")
+
+
+@torch.no_grad()
+def decode(model: Captioner, tokenizer: CaptionTokenizer, images: torch.Tensor, beam_size: int,
+           batch_size: int = 64) -> list[str]:
+    """Captions of (N, 3, H, W) images: torch greedy loop for beam 1, caption_beam's search otherwise."""
+    out: list[str] = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start:start + batch_size]
+        if beam_size == 1:
+            out.extend(tokenizer.decode(ids) for ids in greedy_decode(model, chunk, model.cfg.max_len))
+            continue
+        memory, keys, state = model.encode(chunk)
+
+        def step(tokens: np.ndarray, st: tuple[np.ndarray, ...]) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+            h, mem, k = (torch.from_numpy(a) for a in st)
+            log_probs, new_h = model.decode_step(torch.from_numpy(tokens), h, mem, k)
+            return log_probs.numpy(), (new_h.numpy(), st[1], st[2])
+
+        opts = SearchOptions(beam_size=beam_size, max_length=model.cfg.max_len - 1, banned_ids=(PAD, BOS, UNK))
+        hyps = beam_search(step, (state.numpy(), memory.numpy(), keys.numpy()), len(chunk), BOS, EOS, opts)
+        out.extend(tokenizer.decode(h[0].tokens) for h in hyps)
+    return out
+
+
+def sample_grid(path: Path, images: list[np.ndarray], titles: list[str], cols: int = 4) -> None:
+    """PNG grid of images with a caption under each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, (len(images) + cols - 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.7 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(img)
+        ax.set_title(textwrap.fill(title, 34), fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def photo_images(size_px: int) -> dict[str, torch.Tensor]:
+    """scikit-image's bundled photographs as model inputs (grey ones replicated to RGB)."""
+    import skimage.data
+    from PIL import Image
+
+    out = {}
+    for name in PHOTOS:
+        arr = np.asarray(getattr(skimage.data, name)())
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        rgb = Image.fromarray(arr[..., :3].astype(np.uint8)).resize((size_px, size_px), Image.Resampling.BILINEAR)
+        out[name] = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    return out
+
+
+def evaluate(checkpoint: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool
+             ) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+    model, tokenizer, weights = load_model(checkpoint)
+    images = torch.stack([load_image(it.path, model.cfg.image_size_px) for it in items])
+    refs = [list(it.captions) for it in items]
+    result: dict[str, Any] = {"checkpoint": str(weights), "images": len(items), "metrics": {}, "captions": {}}
+    greedy: list[str] = []
+    for beam in beam_sizes:
+        name = "greedy" if beam == 1 else f"beam{beam}"
+        hyps = decode(model, tokenizer, images, beam)
+        result["metrics"][name] = caption_scores(refs, hyps)
+        result["captions"][name] = hyps
+        greedy = greedy or hyps
+        logger.info("%s: BLEU-4 %.3f CIDEr %.3f", name, result["metrics"][name]["bleu4"],
+                    result["metrics"][name]["cider"])
+    result["references"] = refs
+    result["files"] = [str(it.path) for it in items]
+    if photos:
+        pics = photo_images(model.cfg.image_size_px)
+        batch = torch.stack(list(pics.values()))
+        result["photos"] = {b: dict(zip(pics, decode(model, tokenizer, batch, b), strict=True)) for b in beam_sizes}
+    return result, images, greedy
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="nui eval captioner", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True, help="run folder, checkpoint folder or model.safetensors")
+    p.add_argument("--data", type=Path, default=Path("data/captions"), help="folder with captions_<split>.json")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True, help="JSON to write (the PNG grid goes next to it)")
+    p.add_argument("--beam-size", type=int, default=3, help="also decode with this beam (1: greedy only)")
+    p.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
+    p.add_argument("--grid", type=int, default=16, help="sample images in the PNG grid")
+    p.add_argument("--photos", action="store_true", help="also caption scikit-image's real photographs")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    try:
+        items = read_coco(args.data / f"captions_{args.split}.json")
+        if args.beam_size < 1:
+            raise ValueError("--beam-size must be >= 1")
+    except ValueError as e:
+        p.error(str(e))
+    items = items[: args.limit] if args.limit else items
+    beams = [1] if args.beam_size == 1 else [1, args.beam_size]
+    result, images, greedy = evaluate(args.checkpoint, items, beams, args.photos)
+    result["split"] = args.split
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    n = min(args.grid, len(items))
+    sample_grid(args.out.with_suffix(".png"), [images[i].permute(1, 2, 0).numpy() for i in range(n)],
+                [f"{greedy[i]}\n(ref: {items[i].captions[0]})" for i in range(n)])
+    if args.photos:
+        pics = photo_images(224)
+        titles = [f"{k}: {result['photos'][1][k]}" for k in pics]
+        grid = [t.permute(1, 2, 0).numpy() for t in pics.values()]
+        sample_grid(args.out.with_name(args.out.stem + "_photos.png"), grid, titles)
+    for name, m in result["metrics"].items():
+        print(f"{args.split} {name}: BLEU-4 {m['bleu4']:.3f} CIDEr {m['cider']:.3f} ({int(m['n'])} images)")
+    if args.photos:
+        for k, v in result["photos"][1].items():
+            print(f"photo {k}: {v}")
+    return 0
