@@ -30,13 +30,15 @@ from typing import Any, cast
 
 import grpc
 
-from engines.manifest import MANIFEST_NAME, model_versions
+from engines.manifest import MANIFEST_NAME, model_versions, read_manifest
 from server.batcher import DynamicBatcher
+from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel
 from server.diagnosis_service import ServedDiagnosisModel
 from server.errors import RequestError, not_found
 from server.metrics import ServerMetrics
 from server.repository import load_model_version
+from server.speech_ctc import TASK as SPEECH_TASK
 from server.speech_ctc import SpeechCTCModel
 from server.speech_service import ServedModel
 from server.tensor_batch import tensor_batching, warmup_request
@@ -44,6 +46,7 @@ from server.tensor_batch import tensor_batching, warmup_request
 logger = logging.getLogger(__name__)
 
 ServableModel = SpeechCTCModel | DiagnosisServingModel
+TASKS = (SPEECH_TASK, DIAGNOSIS_TASK)  # what this store serves; other tasks have their own loaders
 Served = ServedModel | ServedDiagnosisModel
 
 
@@ -71,6 +74,7 @@ class ModelStore:
         self._lock = asyncio.Lock()
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}  # -> (manifest mtime, reason)
         self._unloaded: set[str] = set()
+        self._foreign: dict[tuple[str, int], str] = {}  # versions of other tasks -> their task
         self._retiring: set[asyncio.Task[None]] = set()  # each drains one retired batcher
 
     # -- what is served
@@ -89,14 +93,22 @@ class ModelStore:
             for folder in self.repo.iterdir():
                 if folder.is_dir() and not folder.name.startswith("."):
                     for v in model_versions(self.repo, folder.name):
-                        rows[(folder.name, v)] = ("UNAVAILABLE", "unloaded" if folder.name in self._unloaded
-                                                  else "not loaded")
+                        rows[(folder.name, v)] = ("UNAVAILABLE", self._why_not_loaded(folder.name, v))
         for (name, v), (_, reason) in self._failed.items():
             rows[(name, v)] = ("UNAVAILABLE", reason)
         for name, versions in self.served().items():
             for v in versions:
                 rows[(name, v)] = ("READY", "")
         return [(n, str(v), state, reason) for (n, v), (state, reason) in sorted(rows.items())]
+
+    def _why_not_loaded(self, name: str, version: int) -> str:
+        try:
+            task = read_manifest(self.repo / name / str(version), verify=False).task
+        except ValueError as e:
+            return str(e)
+        if task not in TASKS:
+            return f"a {task} model: served by its own API only"
+        return "unloaded" if name in self._unloaded else "not loaded"
 
     # -- start-up
 
@@ -139,6 +151,10 @@ class ModelStore:
             if errors:
                 raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
                                    f"model {name!r}: a version did not load: {errors[0]}")
+            if all((name, v) in self._foreign for v in on_disk):
+                raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                                   f"model {name!r} is a {self._foreign[(name, on_disk[-1])]} model; this API "
+                                   f"serves {' and '.join(TASKS)} models")
 
     async def unload(self, name: str) -> None:
         async with self._lock:
@@ -154,7 +170,8 @@ class ModelStore:
         names = sorted({p.name for p in self.repo.iterdir() if p.is_dir() and not p.name.startswith(".")}
                        | set(self.served())) if self.repo.is_dir() else sorted(self.served())
         for name in names:
-            if name in self._unloaded:
+            on_disk = model_versions(self.repo, name)
+            if name in self._unloaded or (on_disk and all((name, v) in self._foreign for v in on_disk)):
                 continue
             try:
                 await self.load(name)
@@ -187,14 +204,18 @@ class ModelStore:
             raise ValueError(failed[1])  # unchanged since it failed: do not load again
         started = time.monotonic()
         try:
+            task = read_manifest(manifest_path.parent, verify=False).task
+            if task not in TASKS:
+                self._foreign[(name, version)] = task
+                return
             model = await asyncio.to_thread(load_model_version, self.repo, name, version,
                                             self.settings.intra_op_threads)
         except (ValueError, OSError) as e:
             self._failed[(name, version)] = (mtime, str(e))
             logger.warning("model %s v%d did not load: %s", name, version, e)
             raise ValueError(str(e)) from e
-        if model is None:  # a task this server does not serve
-            return
+        if model is None:
+            raise ValueError(f"{name} v{version}: no loader for task {task!r}")
         self._failed.pop((name, version), None)
         served = self._serve(model)
         try:

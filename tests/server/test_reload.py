@@ -128,3 +128,27 @@ async def test_a_version_failing_its_checksum_is_refused_and_the_old_one_serves(
         reply = await speech_pb2_grpc.SpeechStub(channel).Recognize(
             speech_pb2.RecognizeRequest(audio=clips[0]), timeout=20)
         assert reply.model_version == 1
+
+
+async def test_models_of_other_tasks_are_listed_not_loaded(start: StartServer, repo: Path) -> None:
+    """A model another API serves (here: a manifest of the captioner task) is not loaded by this store."""
+    pytest.importorskip("tritonclient.grpc")
+    import json
+
+    from tritonclient.grpc.aio import InferenceServerClient
+    from tritonclient.utils import InferenceServerException
+
+    from server.captioner import TASK as CAPTIONER_TASK
+
+    server = await start(repo=repo)
+    folder = repo / "other" / "1"
+    shutil.copytree(repo / "speech_ctc" / "1", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "model": "other", "task": CAPTIONER_TASK}))
+    async with InferenceServerClient(server.address) as client:
+        with pytest.raises(InferenceServerException) as e:
+            await client.load_model("other")
+        assert e.value.status() == "StatusCode.FAILED_PRECONDITION" and CAPTIONER_TASK in e.value.message()
+        index = {(m.name, m.version): (m.state, m.reason) for m in (await client.get_model_repository_index()).models}
+    assert index[("other", "1")] == ("UNAVAILABLE", f"a {CAPTIONER_TASK} model: served by its own API only")
+    assert index[("speech_ctc", "1")] == ("READY", "")
