@@ -33,10 +33,9 @@ Riva config fields, as nui honours them:
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+import struct
 import time
-import wave
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import grpc
@@ -45,7 +44,7 @@ import numpy as np
 from proto import riva_asr_pb2 as rasr
 from server.audio import AudioEncoding, AudioLimits
 from server.endpointing import EndpointOptions
-from server.errors import checked_request_id, invalid_argument, not_found, status_of
+from server.errors import RequestError, checked_request_id, invalid_argument, not_found, status_of
 from server.repository import resolve
 from server.speech_ctc import DecodeOptions, Hypothesis
 from server.speech_service import ServedModel
@@ -102,14 +101,34 @@ def _downmix_pcm16(audio: bytes, channels: int) -> bytes:
 
 
 def _wav_header(data: bytes) -> tuple[int, int, int, int]:
-    """(sample rate, channels, sample width in bytes, offset of the samples) of a WAV file's start."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            riff = w.getfp()  # the RIFF chunk, read up to the start of the samples
-            return w.getframerate(), w.getnchannels(), w.getsampwidth(), riff.offset + riff.size_read  # type: ignore[union-attr]
-    except (wave.Error, EOFError) as e:
-        raise invalid_argument(f"audio_content starts like a WAV file but its header is not 16-bit PCM: {e}"
-                               ) from None
+    """(sample rate, channels, bytes per sample, offset of the samples) of a WAV file's first bytes.
+
+    Parsed by hand (RIFF chunks: id, little-endian size, body padded to even), so junk is always an
+    INVALID_ARGUMENT rather than whatever a general-purpose reader raises."""
+    def bad(why: str) -> RequestError:
+        return invalid_argument(f"audio_content starts with a RIFF header that is not a PCM WAV header: {why}")
+
+    if len(data) < 12 or data[8:12] != b"WAVE":
+        raise bad("no WAVE tag")
+    fmt: tuple[int, int, int, int] | None = None
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk_id, size = data[pos: pos + 4], int.from_bytes(data[pos + 4: pos + 8], "little")
+        body = pos + 8
+        if chunk_id == b"fmt ":
+            if size < 16 or body + 16 > len(data):
+                raise bad("short fmt chunk")
+            audio_format, channels, rate_hz, _, _, bits = struct.unpack_from("<HHIIHH", data, body)
+            fmt = (audio_format, channels, rate_hz, bits)
+        elif chunk_id == b"data":
+            if fmt is None:
+                raise bad("data before fmt")
+            audio_format, channels, rate_hz, bits = fmt
+            if audio_format not in (1, 0xFFFE):  # PCM, or WAVE_FORMAT_EXTENSIBLE (checked by bits below)
+                raise bad(f"format tag {audio_format} is not PCM")
+            return rate_hz, channels, bits // 8, body
+        pos = body + size + (size & 1)
+    raise bad("the first message ends before the data chunk starts")
 
 
 class _RivaStream:

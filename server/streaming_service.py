@@ -87,6 +87,8 @@ class StreamingRecognizer:
         try:
             return resolve(self.served, model or DEFAULT_MODEL, version)
         except RequestError as e:
+            if e.code != grpc.StatusCode.NOT_FOUND:
+                raise
             raise not_found(f"{e.message} (streaming models)") from None
 
     async def _next(self, messages: AsyncIterator[Req]) -> Req | None:
