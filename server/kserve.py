@@ -20,9 +20,10 @@ registered here under the protocol's service name.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -279,6 +280,44 @@ class KServeServicer:
         await context.abort(code, message)
         raise AssertionError("context.abort returned")
 
+    async def ModelStreamInfer(self, requests: AsyncIterator[pb.ModelInferRequest],
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        """Every request of the stream runs concurrently (so they can share batches); answers come in
+        completion order, an error as `error_message` with the status name, the stream going on."""
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            request_id = "-"
+            try:
+                request_id = checked_request_id(request.id)
+                response = await self._infer(request, request_id, context.time_remaining())
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except Exception as e:
+                code, message = status_of(e, request_id)
+                logger.info("stream infer %s: %s", request_id, code.name)
+                await answers.put(pb.ModelStreamInferResponse(
+                    error_message=f"{code.name}: {message}",
+                    infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)))
+
+        async def read() -> None:
+            async for request in requests:
+                task = asyncio.get_running_loop().create_task(one(request))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*list(running))
+            await answers.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
     async def _infer(self, request: pb.ModelInferRequest, request_id: str, time_remaining_s: float | None
                      ) -> pb.ModelInferResponse:
         deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
@@ -360,4 +399,7 @@ def add_kserve_servicer_to_server(servicer: KServeServicer, server: grpc.aio.Ser
             getattr(servicer, method), request_deserializer=req.FromString,
             response_serializer=resp.SerializeToString)
         for method, (req, resp) in _METHODS.items()}
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))

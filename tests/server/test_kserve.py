@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -260,3 +261,30 @@ async def test_bundled_speech_model_equals_onnx_runtime(start: StartServer) -> N
     want = direct(repo, audio, lengths)
     np.testing.assert_allclose(result.as_numpy("log_probs"), want["log_probs"], atol=1e-4)
     np.testing.assert_array_equal(result.as_numpy("out_lengths"), want["out_lengths"])
+
+
+async def test_stream_infer_answers_every_request_and_reports_errors_in_band(start: StartServer,
+                                                                           tiny_repo: Path) -> None:
+    server = await start(max_queue_delay_ms=100)
+    waves = [make_clip(0.3 + 0.1 * i, seed=20 + i) for i in range(4)]
+
+    async def requests() -> AsyncIterator[dict[str, object]]:
+        for i, w in enumerate(waves):
+            yield {"model_name": "speech_ctc", "inputs": triton_inputs(*speech_inputs([w])), "request_id": f"s{i}"}
+        bad = InferInput("audio", [1, 10], "FP64")
+        bad.set_data_from_numpy(np.zeros((1, 10)))
+        yield {"model_name": "speech_ctc", "inputs": [bad], "request_id": "bad"}
+
+    answers: dict[str, np.ndarray] = {}
+    errors: list[str] = []
+    async with InferenceServerClient(server.address) as client:
+        async for result, error in client.stream_infer(requests()):
+            if error is not None:
+                errors.append(error.message())
+            else:
+                answers[result.get_response().id] = result.as_numpy("log_probs")
+    assert len(errors) == 1 and "INVALID_ARGUMENT: input 'audio_lengths' is missing" in errors[0]
+    assert sorted(answers) == ["s0", "s1", "s2", "s3"]
+    for i, w in enumerate(waves):
+        np.testing.assert_allclose(answers[f"s{i}"], direct(tiny_repo, *speech_inputs([w]))["log_probs"], atol=1e-4)
+    assert server.served["speech_ctc"][1].batcher.stats.runs < len(waves)  # stream requests share batches
