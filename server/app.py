@@ -88,6 +88,9 @@ class ServerConfig:
     min_client_ping_interval_s: float = 10.0  # clients pinging more often get GOAWAY (too_many_pings)
     poll_repository_s: float = 0.0  # > 0: load new / retire removed versions every so often
     retire_after_s: float = 5.0  # a replaced version keeps serving late lookups this long, then drains
+    max_streams: int = 256  # open StreamingRecognize calls (every API); beyond: RESOURCE_EXHAUSTED
+    max_stream_s: float = 300.0  # audio in one stream; beyond: OUT_OF_RANGE
+    stream_idle_s: float = 30.0  # a stream with no message this long ends with OUT_OF_RANGE
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -102,6 +105,8 @@ class ServerConfig:
             raise ValueError("auth_token must be a non-empty printable string")
         if min(self.keepalive_time_s, self.keepalive_timeout_s, self.min_client_ping_interval_s) <= 0:
             raise ValueError("keepalive times must be > 0")
+        if self.max_streams < 1 or self.max_stream_s <= 0 or self.stream_idle_s <= 0:
+            raise ValueError("max_streams, max_stream_s and stream_idle_s must be positive")
         if self.poll_repository_s < 0 or self.retire_after_s < 0:
             raise ValueError("poll_repository_s and retire_after_s must be >= 0")
         if self.shutdown_grace_s < 0:
@@ -176,8 +181,8 @@ class ServingContext:
 
 
 def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
-    return StreamingRecognizer(ctx.streaming, StreamLimits(max_stream_s=max(300.0, ctx.config.max_audio_s)),
-                               ctx.streams, lambda: ctx.metrics.stream(service))
+    limits = StreamLimits(max_stream_s=ctx.config.max_stream_s, max_idle_s=ctx.config.stream_idle_s)
+    return StreamingRecognizer(ctx.streaming, limits, ctx.streams, lambda: ctx.metrics.stream(service))
 
 
 # A service registration adds its servicer to the server when it has something to serve and returns the
@@ -269,7 +274,8 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
     ctx = ServingContext(config, speech=speech, diagnosis=diagnosis, metrics=metrics, store=store,
                          streaming=serve_streaming_models(streaming_models or {}, config.max_batch_size,
                                                           config.max_queue_delay_ms, config.max_queue_size,
-                                                          metrics.observer))
+                                                          metrics.observer),
+                         streams=StreamTracker(config.max_streams))
     ctx.captioner = serve_captioner_models(captioner_models or {}, CaptionBatching(
         config.max_batch_size, config.max_queue_delay_ms, max_queue_size=config.max_queue_size), metrics.observer)
     model_services = [name for register in SERVICES for name in register(server, ctx)]

@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retire-after-s", type=float, default=d.retire_after_s,
                    help="a replaced version keeps answering late lookups this long, then drains "
                         "(default %(default)s)")
+    p.add_argument("--max-streams", type=int, default=d.max_streams, help="open streaming calls (default %(default)s)")
+    p.add_argument("--max-stream-s", type=float, default=d.max_stream_s, help="audio per stream (default %(default)s)")
+    p.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s,
+                   help="a stream silent this long is ended (default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
                    help="text lines or JSON lines (sizes, ids, codes, timings only; never content)")
@@ -84,7 +88,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         auth_token=read_token(args.auth_token_file) if args.auth_token_file is not None else None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, keepalive_time_s=args.keepalive_time_s,
         keepalive_timeout_s=args.keepalive_timeout_s, poll_repository_s=args.poll_repository_s,
-        retire_after_s=args.retire_after_s)
+        retire_after_s=args.retire_after_s, max_streams=args.max_streams, max_stream_s=args.max_stream_s,
+        stream_idle_s=args.stream_idle_s)
 
 
 def _announce(server: SpeechServer) -> None:

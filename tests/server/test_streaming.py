@@ -318,3 +318,20 @@ async def test_a_silent_client_is_cut_off_after_the_idle_limit() -> None:
         async for _ in recognizer.run(silent(), context, StreamProtocol(_start, _audio, _respond)):
             pass
     assert context.code == grpc.StatusCode.OUT_OF_RANGE and tracker.in_flight == 0
+
+
+async def test_streams_beyond_the_limit_are_refused(start: StartServer, streaming_repo: Path) -> None:
+    server = await start(repo=streaming_repo, max_streams=1)
+    gate = asyncio.Event()
+
+    async def holding() -> AsyncIterator[speech_pb2.StreamingRecognizeRequest]:
+        yield speech_pb2.StreamingRecognizeRequest(config=_config())
+        await gate.wait()
+
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        first = speech_pb2_grpc.SpeechStub(channel).StreamingRecognize(holding())
+        await wait_until(lambda: server.streams.in_flight == 1)
+        code, msg = await _code(server, [speech_pb2.StreamingRecognizeRequest(config=_config())])
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "streams" in msg
+        gate.set()
+        assert _finals([r async for r in first])  # the admitted stream finishes normally
