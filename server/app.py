@@ -302,6 +302,15 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
     metrics.ready.set(1)
     for service in ("", *model_services):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+
+    async def sync_health() -> None:  # after a load/unload: a service left with no model is NOT_SERVING
+        for service, has_models in ((SPEECH_SERVICE, bool(ctx.speech or ctx.streaming)),
+                                    (DIAGNOSIS_SERVICE, bool(ctx.diagnosis)), (KSERVE_SERVICE, bool(store.served()))):
+            if service in model_services:
+                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING if has_models
+                                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    store.on_change = sync_health
     if config.poll_repository_s > 0:
         running.background.append(asyncio.get_running_loop().create_task(
             store.poll_forever(config.poll_repository_s), name="repository-poll"))

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -75,6 +75,7 @@ class ModelStore:
         self._failed: dict[tuple[str, int], tuple[float, str]] = {}  # -> (manifest mtime, reason)
         self._unloaded: set[str] = set()
         self._foreign: dict[tuple[str, int], str] = {}  # versions of other tasks -> their task
+        self.on_change: Callable[[], Awaitable[None]] | None = None  # after models were added or retired
         self._retiring: set[asyncio.Task[None]] = set()  # each drains one retired batcher
 
     # -- what is served
@@ -132,6 +133,13 @@ class ModelStore:
         """Serve every version of `name` on disk that is not served yet; retire served versions that are
         gone from disk. RequestError NOT_FOUND when the model has no version on disk, FAILED_PRECONDITION
         when a new version does not load (the served ones keep serving)."""
+        before = self._versions()
+        try:
+            await self._load(name)
+        finally:
+            await self._changed(before)
+
+    async def _load(self, name: str) -> None:
         async with self._lock:
             self._unloaded.discard(name)
             on_disk = model_versions(self.repo, name)
@@ -157,6 +165,7 @@ class ModelStore:
                                    f"serves {' and '.join(TASKS)} models")
 
     async def unload(self, name: str) -> None:
+        before = self._versions()
         async with self._lock:
             versions = self.served().get(name)
             if not versions:
@@ -164,6 +173,14 @@ class ModelStore:
             self._unloaded.add(name)
             for version in sorted(versions):
                 self._retire(name, version)
+        await self._changed(before)
+
+    def _versions(self) -> set[tuple[str, int]]:
+        return {(n, v) for n, vs in self.served().items() for v in vs}
+
+    async def _changed(self, before: set[tuple[str, int]]) -> None:
+        if self.on_change is not None and self._versions() != before:
+            await self.on_change()
 
     async def poll(self) -> None:
         """One pass: load() every model folder (except unloaded ones); failures are logged, not raised."""

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engines.manifest import staged_version
 from proto import speech_pb2, speech_pb2_grpc
@@ -95,6 +96,10 @@ async def test_explicit_load_and_unload_through_tritonclient(start: StartServer,
 
         await client.unload_model("speech_ctc")
         assert not await client.is_model_ready("speech_ctc")
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("nui.v1.Speech", "inference.GRPCInferenceService"):  # nothing left to serve
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.Recognize(speech_pb2.RecognizeRequest(audio=clips[0]), timeout=20)
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
@@ -103,6 +108,8 @@ async def test_explicit_load_and_unload_through_tritonclient(start: StartServer,
 
         await client.load_model("speech_ctc")
         assert await client.is_model_ready("speech_ctc", "1") and await client.is_model_ready("speech_ctc", "2")
+        reply = await health.Check(health_pb2.HealthCheckRequest(service="nui.v1.Speech"), timeout=5)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(InferenceServerException) as missing:
             await client.load_model("nope")
         assert missing.value.status() == "StatusCode.NOT_FOUND"
