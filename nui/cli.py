@@ -10,7 +10,9 @@
     nui transcribe clip.wav [--server host:port]
     nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
     nui eval dialog --repo model_repository --data data/diagnosis [--patients 500]
-    nui diagnose --symptom HP:0001945 --absent HP:0002315 [--server host:port]
+    nui export symptom-text --data data/diagnosis --repo model_repository
+    nui eval symptom-text --repo model_repository [--out docs/diagnosis/symptom_text_eval.json]
+    nui diagnose "my head is pounding, no fever" [--symptom HP:0001945] [--absent ID] [--server host:port]
     nui data captions --out data/captions         build the caption scenes (COCO-captions JSON + images)
     nui data coco --annotations captions_train2017.json --images DIR --out data/coco
     nui train captioner --nproc 2 --recipe training/captioner/recipes/small.yaml [key=value ...]
@@ -44,6 +46,8 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("export", "diagnosis"): "nui.export_diagnosis:export_main",
     ("export", "captioner"): "nui.export_captioner:main",
     ("eval", "dialog"): "nui.export_diagnosis:dialog_main",
+    ("export", "symptom-text"): "nui.symptom_text:export_main",
+    ("eval", "symptom-text"): "nui.symptom_text:eval_main",
     ("serve", None): "server.main:main",
     ("transcribe", None): "server.transcribe:main",
     ("diagnose", None): "server.diagnose:main",

@@ -5,8 +5,14 @@ names the field), `run_batch` runs one engine batch for many requests and return
 exception) per request, as the DynamicBatcher expects. The next question comes from
 models/diagnosis_dialog.py (expected information gain with the knowledge base's P(symptom | disease)).
 
+Free text (server/symptom_text.py, when the repository holds a symptom_text model of the same knowledge
+base): the texts of a batch are understood together (models/symptom_text.py: chunks, negation, MiniLM
+matching), their findings join each case's structured evidence, then one engine run ranks every case. A
+structured finding (evidence or history) wins over what the text says about the same symptom: it is an
+explicit answer, the text an interpretation; the overruled text finding is returned with used=False.
+
 Empty evidence is answered, not refused: the model's prior over diseases and the first question.
-Nothing here logs findings (health data); only counts and request ids.
+Nothing here logs findings or text (health data); only counts and request ids.
 """
 
 from __future__ import annotations
@@ -14,14 +20,17 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import numpy as np
 
 from engines.engine import Engine
 from models.diagnosis_dialog import DiagnosisTables, answer_model, next_question, question_text
-from server.errors import invalid_argument
+from models.symptom_text import TextUnderstanding, words_of
+from server.errors import RequestError, invalid_argument
+from server.symptom_text import MAX_TEXT_CHARS, SymptomTextModel, text_model_for
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +68,8 @@ class Case:
     top_k: int
     findings: tuple[tuple[int, bool], ...]  # (symptom index, present) in request order, duplicates removed
     request_id: str
+    text: str | None = None  # free text of this turn, validated
+    text_threshold: float = 0.0  # minimum match confidence for this request's text
 
 
 @dataclass(frozen=True)
@@ -78,6 +89,20 @@ class UsedFinding:
 
 
 @dataclass(frozen=True)
+class UnderstoodSymptom:
+    """A symptom read from the text; `used` is False where structured evidence said the opposite."""
+
+    symptom_id: str
+    name: str
+    present: bool
+    confidence: float
+    start: int  # characters [start, end) of the request text
+    end: int
+    phrase: str  # the table phrase it matched
+    used: bool
+
+
+@dataclass(frozen=True)
 class SuggestedQuestion:
     symptom_id: str
     symptom_name: str
@@ -91,12 +116,14 @@ class DiagnosisResult:
     findings: list[UsedFinding]
     question: SuggestedQuestion | None
     notice: str = NOTICE
+    understood: list[UnderstoodSymptom] = field(default_factory=list)
+    not_understood: list[tuple[int, int]] = field(default_factory=list)  # character spans of the text
 
 
 class DiagnosisServingModel:
     """An engine of task "diagnosis" with its knowledge tables (read from the same version folder)."""
 
-    def __init__(self, engine: Engine, tables: DiagnosisTables) -> None:
+    def __init__(self, engine: Engine, tables: DiagnosisTables, text: SymptomTextModel | None = None) -> None:
         inputs = {t.name: t.shape for t in engine.manifest.inputs}
         outputs = {t.name: t.shape for t in engine.manifest.outputs}
         if inputs.get("evidence", [None, None])[1] != len(tables.symptoms) or \
@@ -105,6 +132,7 @@ class DiagnosisServingModel:
                              f"its tables ({len(tables.symptoms)} symptoms, {len(tables.diseases)} diseases)")
         self.engine = engine
         self.tables = tables
+        self.text = text
         self.answers = answer_model(tables.probabilities)
         self._symptom_sex = tables.symptom_sex
 
@@ -121,8 +149,10 @@ class DiagnosisServingModel:
         return len(self.tables.diseases)
 
     def prepare(self, evidence: Sequence[FindingIn], history: Sequence[FindingIn], age_years: float | None,
-                sex: int, top_k: int, request_id: str) -> Case:
+                sex: int, top_k: int, request_id: str, text: str | None = None,
+                min_text_confidence: float = 0.0) -> Case:
         """Validate and merge; RequestError (INVALID_ARGUMENT) names the offending field."""
+        threshold = self._check_text(text, min_text_confidence)
         if len(evidence) + len(history) > MAX_FINDINGS:
             raise invalid_argument(f"evidence + history hold {len(evidence) + len(history)} findings; at most "
                                    f"{MAX_FINDINGS} are allowed")
@@ -156,37 +186,109 @@ class DiagnosisServingModel:
                     raise invalid_argument(f"{label} {f.symptom_id!r} is {'present' if f.present else 'absent'} "
                                            f"but {where[index]} says the opposite (contradictory evidence)")
         return Case(evidence=vector, age_years=-1.0 if age_years is None else float(age_years), sex=sex,
-                    top_k=k, findings=tuple(findings), request_id=request_id)
+                    top_k=k, findings=tuple(findings), request_id=request_id, text=text, text_threshold=threshold)
+
+    def _check_text(self, text: str | None, min_text_confidence: float) -> float:
+        """The match threshold for a request's text (0 when there is none); RequestError when invalid."""
+        if not (math.isfinite(min_text_confidence) and 0.0 <= min_text_confidence <= 1.0):
+            raise invalid_argument(f"min_text_confidence is {min_text_confidence}; allowed: 0..1 (0 means the "
+                                   "model's tuned threshold)")
+        if text is None:
+            return 0.0
+        if len(text) > MAX_TEXT_CHARS:
+            raise invalid_argument(f"text is {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
+        if not words_of(text):
+            raise invalid_argument("text is empty or holds no word; describe the symptoms, or leave text unset")
+        if self.text is None:
+            raise RequestError(grpc.StatusCode.FAILED_PRECONDITION,
+                               f"{self.name} v{self.version} has no free-text model loaded (a symptom_text model "
+                               "of the same knowledge base); send structured evidence instead of text")
+        return min_text_confidence or self.text.threshold
 
     def run_batch(self, cases: list[Case]) -> list[DiagnosisResult | Exception]:
-        """One engine run for all cases; then ranking and the next question per case."""
-        probs = self.engine.run({
-            "evidence": np.stack([c.evidence for c in cases]),
-            "age_years": np.array([c.age_years for c in cases], dtype=np.float32),
-            "sex": np.array([c.sex for c in cases], dtype=np.int64),
-        })["probs"]  # (B, D)
-        out: list[DiagnosisResult | Exception] = []
-        for case, p in zip(cases, probs, strict=True):
-            try:
-                out.append(self._result(case, p))
-            except Exception as e:  # one bad case never fails its batch-mates
-                out.append(e)
+        """Texts of all cases understood together, then one engine run for all cases; then ranking and the
+        next question per case."""
+        understood = self._understand(cases)
+        rows: list[tuple[np.ndarray, tuple[tuple[int, bool], ...], list[UnderstoodSymptom]]] = []
+        out: list[DiagnosisResult | Exception | None] = [None] * len(cases)
+        ok: list[int] = []
+        for i, (case, u) in enumerate(zip(cases, understood, strict=True)):
+            if isinstance(u, Exception):
+                out[i] = u
+            else:
+                rows.append(self._merge(case, u))
+                ok.append(i)
+        if ok:
+            probs = self.engine.run({
+                "evidence": np.stack([r[0] for r in rows]),
+                "age_years": np.array([cases[i].age_years for i in ok], dtype=np.float32),
+                "sex": np.array([cases[i].sex for i in ok], dtype=np.int64),
+            })["probs"]  # (B, D)
+            for i, (vector, findings, symptoms), p in zip(ok, rows, probs, strict=True):
+                u = understood[i]
+                try:
+                    out[i] = self._result(cases[i], p, vector, findings, symptoms,
+                                          u.not_understood if isinstance(u, TextUnderstanding) else [])
+                except Exception as e:  # one bad case never fails its batch-mates
+                    out[i] = e
+        return [r if r is not None else RuntimeError("no result") for r in out]
+
+    def _understand(self, cases: list[Case]) -> list[TextUnderstanding | Exception | None]:
+        """Per case: what its text says (None without text); an exception for the cases whose text failed."""
+        out: list[TextUnderstanding | Exception | None] = [None] * len(cases)
+        with_text = [i for i, c in enumerate(cases) if c.text is not None]
+        if not with_text or self.text is None:
+            return out
+        try:
+            results = self.text.understand([cases[i].text or "" for i in with_text],
+                                           [cases[i].text_threshold for i in with_text])
+        except Exception as e:  # the structured-only cases of the batch still run
+            logger.error("free-text understanding failed for %d requests", len(with_text), exc_info=e)
+            for i in with_text:
+                out[i] = e
+            return out
+        for i, r in zip(with_text, results, strict=True):
+            out[i] = r
         return out
 
-    def _result(self, case: Case, p: np.ndarray) -> DiagnosisResult:
+    def _merge(self, case: Case, u: TextUnderstanding | None
+               ) -> tuple[np.ndarray, tuple[tuple[int, bool], ...], list[UnderstoodSymptom]]:
+        """The case's evidence with the text's findings added (structured findings win)."""
+        if u is None:
+            return case.evidence, case.findings, []
+        vector = case.evidence.copy()
+        findings = list(case.findings)
+        symptoms = []
+        for f in u.findings:
+            value = 1.0 if f.present else -1.0
+            used = vector[f.symptom_index] in (0.0, value)
+            if vector[f.symptom_index] == 0.0:
+                vector[f.symptom_index] = value
+                findings.append((f.symptom_index, f.present))
+            symptoms.append(UnderstoodSymptom(f.symptom_id, f.name, f.present, f.confidence, f.start, f.end,
+                                              f.phrase, used))
+        return vector, tuple(findings), symptoms
+
+    def _result(self, case: Case, p: np.ndarray, evidence: np.ndarray, used: tuple[tuple[int, bool], ...],
+                understood: list[UnderstoodSymptom], not_understood: list[tuple[int, int]]) -> DiagnosisResult:
         top = np.argsort(-p, kind="stable")[: case.top_k]
         diseases = [RankedDisease(id=d.id, name=d.name, probability=float(p[i]), icd10=d.icd10, xrefs=d.xrefs)
                     for i in top.tolist() for d in (self.tables.diseases[i],)]
         findings = [UsedFinding(self.tables.symptoms[i].id, self.tables.symptoms[i].name, present)
-                    for i, present in case.findings]
-        q = next_question(p, case.evidence, self.answers, sex=case.sex, symptom_sex=self._symptom_sex)
+                    for i, present in used]
+        q = next_question(p, evidence, self.answers, sex=case.sex, symptom_sex=self._symptom_sex)
         question = None
         if q is not None:
             s = self.tables.symptoms[q.symptom]
             question = SuggestedQuestion(s.id, s.name, question_text(s), q.information_gain_bits)
-        return DiagnosisResult(diseases=diseases, findings=findings, question=question)
+        return DiagnosisResult(diseases=diseases, findings=findings, question=question, understood=understood,
+                               not_understood=list(not_understood))
 
 
 def load_diagnosis_model(engine: Engine, folder: Path) -> DiagnosisServingModel:
-    """The serving model of an engine whose version folder also holds the knowledge tables."""
-    return DiagnosisServingModel(engine, DiagnosisTables.load(folder))
+    """The serving model of an engine whose version folder also holds the knowledge tables, with the
+    repository's symptom_text model of the same knowledge base when there is one."""
+    tables = DiagnosisTables.load(folder)
+    text = text_model_for(folder.parent.parent, str(engine.manifest.extras.get("kb_fingerprint", "")),
+                          [s.id for s in tables.symptoms])
+    return DiagnosisServingModel(engine, tables, text)

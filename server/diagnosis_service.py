@@ -39,18 +39,28 @@ def findings_of(items: object) -> list[FindingIn]:
 
 def prepare(model: DiagnosisServingModel, request: diagnosis_pb2.DiagnoseRequest, request_id: str) -> Case:
     age = request.age_years if request.HasField("age_years") else None
+    text = request.text if request.HasField("text") else None
     return model.prepare(findings_of(request.evidence), findings_of(request.history), age, int(request.sex),
-                         request.top_k, request_id)
+                         request.top_k, request_id, text=text, min_text_confidence=request.min_text_confidence)
 
 
-def to_response(result: DiagnosisResult, model: str, version: int, request_id: str
+def to_response(result: DiagnosisResult, model: str, version: int, request_id: str, text: str = ""
                 ) -> diagnosis_pb2.DiagnoseResponse:
+    """The reply; `text` is the request's text, for the spans' text."""
+
+    def span(start: int, end: int) -> diagnosis_pb2.TextSpan:
+        return diagnosis_pb2.TextSpan(start=start, end=end, text=text[start:end])
+
     response = diagnosis_pb2.DiagnoseResponse(
         diseases=[diagnosis_pb2.DiseaseScore(disease_id=d.id, name=d.name, probability=d.probability,
                                              icd10=d.icd10, xrefs=list(d.xrefs)) for d in result.diseases],
         findings=[diagnosis_pb2.UsedFinding(symptom_id=f.symptom_id, name=f.name, present=f.present)
                   for f in result.findings],
-        notice=result.notice, model=model, model_version=version, request_id=request_id)
+        notice=result.notice, model=model, model_version=version, request_id=request_id,
+        understood=[diagnosis_pb2.UnderstoodSymptom(
+            symptom_id=u.symptom_id, name=u.name, present=u.present, confidence=u.confidence,
+            span=span(u.start, u.end), matched_phrase=u.phrase, used=u.used) for u in result.understood],
+        not_understood=[span(a, z) for a, z in result.not_understood])
     if result.question is not None:
         q = result.question
         response.next_question.CopyFrom(diagnosis_pb2.Question(
@@ -77,7 +87,7 @@ class DiagnosisServicer(diagnosis_pb2_grpc.DiagnosisServicer):
             served = resolve(self._served, request.config.model or DEFAULT_MODEL, request.config.model_version)
             case = prepare(served.model, request, request_id)
             result = await served.batcher.submit(case, deadline=deadline)
-            response = to_response(result, served.model.name, served.model.version, request_id)
+            response = to_response(result, served.model.name, served.model.version, request_id, request.text)
         except Exception as e:  # every failure becomes a status below; abort() must run outside this block
             code, message = status_of(e, request_id)
         else:

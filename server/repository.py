@@ -23,9 +23,11 @@ from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
 from server.errors import invalid_argument, not_found
 from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
 from server.streaming import TASK as STREAMING_TASK
+from server.symptom_text import TASK as SYMPTOM_TEXT_TASK
 
-# Tasks whose models other loaders pick up (server/streaming.py, server/captioner.py): not warned about.
-OTHER_TASKS = (STREAMING_TASK, CAPTIONER_TASK)
+# Tasks whose models other loaders pick up (server/streaming.py, server/captioner.py, server/symptom_text.py
+# with the diagnosis models): not warned about.
+OTHER_TASKS = (STREAMING_TASK, CAPTIONER_TASK, SYMPTOM_TEXT_TASK)
 
 logger = logging.getLogger(__name__)
 

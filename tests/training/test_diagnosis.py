@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from training.common.checkpoint import latest_checkpoint
 from training.common.config import load_recipe
 from training.diagnosis import evaluate as dx_eval
-from training.diagnosis.dataset import epoch_batches, hide_findings, make_batch
+from training.diagnosis.dataset import QuestionTable, dialog_states, epoch_batches, hide_findings, make_batch
 from training.diagnosis.knowledge import BuildOptions, KnowledgeBase, build
 from training.diagnosis.metrics import fit_temperature, reliability, topk_accuracy
 from training.diagnosis.patients import Generator, PatientOptions, Patients, generate
@@ -294,6 +294,35 @@ def test_make_batch_shapes(tiny_data: Path, tiny_kb: KnowledgeBase) -> None:
     assert set(b.evidence.unique().tolist()) <= {-1.0, 0.0, 1.0}
     with pytest.raises(ValueError, match="random generator"):
         make_batch(p, np.arange(4), tiny_kb.n_symptoms, MaskingSection())
+
+
+def test_dialog_states_ask_informative_questions_answered_from_the_record() -> None:
+    # 3 diseases x 12 symptoms; disease d has symptoms 4d..4d+3. Patients of disease 0 have symptoms 0, 1.
+    prob = np.zeros((3, 12), dtype=np.float32)
+    for d in range(3):
+        prob[d, 4 * d:4 * d + 4] = 0.8
+    truth = np.zeros((400, 12), dtype=np.int8)
+    truth[:, [0, 1]] = 1
+    truth[:, 5] = -1  # a recorded absent finding
+    m = MaskingSection(dialog_share=1.0, dialog_start_present=1, dialog_max_questions=6, dialog_rounds=2)
+    out = dialog_states(truth, m, QuestionTable.from_probabilities(prob), np.random.default_rng(0))
+    assert ((out > 0) <= (truth > 0)).all(), "present only where the record says present"
+    assert ((out > 0).sum(axis=1) >= 1).all()
+    assert ((out != 0).sum(axis=1) <= 1 + 6).all()
+    assert (out < 0).sum(axis=1).max() >= 4, "most answers are no"
+    assert (out[:, 5] <= 0).all(), "a recorded absent finding is answered no when asked"
+    again = dialog_states(truth, m, QuestionTable.from_probabilities(prob), np.random.default_rng(0))
+    assert np.array_equal(out, again)
+
+
+def test_make_batch_turns_a_share_into_dialog_states(tiny_data: Path, tiny_kb: KnowledgeBase) -> None:
+    p = Patients.load(tiny_data / "patients_train.npz")
+    q = QuestionTable.from_probabilities(tiny_kb.probability_matrix())
+    m = MaskingSection(keep_all=1.0, dialog_share=1.0, dialog_max_questions=4)
+    b = make_batch(p, np.arange(32), tiny_kb.n_symptoms, m, np.random.default_rng(1), q)
+    full = p.dense(np.arange(32), tiny_kb.n_symptoms)
+    assert ((b.evidence.numpy() > 0) <= (full > 0)).all()
+    assert ((b.evidence.numpy() != 0).sum(axis=1) <= 3 + 4).all()
 
 
 # ---- metrics and the baseline ----------------------------------------------------------------------

@@ -47,11 +47,22 @@ class MaskingSection:
     min_present: int = 1  # at least this many present findings survive (when the patient had them)
     hide_sex: float = 0.2  # extra probability of hiding a reported sex...
     hide_age: float = 0.2  # ...and a reported age
+    # Dialog states (training/diagnosis/dataset.py `dialog_states`): this share of patients is shown as a
+    # symptom-checker conversation would leave them: 1..dialog_start_present of their present findings,
+    # then up to dialog_max_questions questions chosen by expected information gain and answered from the
+    # patient's record (mostly "no"), asked in dialog_rounds rounds. 0 turns them off.
+    dialog_share: float = 0.0
+    dialog_start_present: int = 3
+    dialog_max_questions: int = 20
+    dialog_rounds: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("keep_all", "min_keep", "hide_sex", "hide_age"):
+        for name in ("keep_all", "min_keep", "hide_sex", "hide_age", "dialog_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"masking.{name} must be in [0, 1]")
+        if self.dialog_start_present < 1 or self.dialog_max_questions < 0 or self.dialog_rounds < 1:
+            raise ValueError("masking.dialog_start_present and dialog_rounds must be >= 1, "
+                             "dialog_max_questions >= 0")
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from training.common.config import to_dict
 from training.common.launch import log_train_step, recipe_main
 from training.common.optim import lr_at, make_optimizer
 from training.common.plots import plot_curves
-from training.diagnosis.dataset import epoch_batches, make_batch
+from training.diagnosis.dataset import QuestionTable, epoch_batches, make_batch
 from training.diagnosis.knowledge import KnowledgeBase
 from training.diagnosis.metrics import classification_metrics, fit_temperature, log_softmax, nll, reliability
 from training.diagnosis.model_io import MODEL_NAME, predict_logits
@@ -85,6 +85,7 @@ def train(cfg: TrainConfig) -> Path:
     kb = KnowledgeBase.load(data_dir)
     train_p = load_split(data_dir, "train", kb, cfg.data.train_limit)
     dev_p = load_split(data_dir, "dev", kb, cfg.data.dev_limit)
+    questions = QuestionTable.from_probabilities(kb.probability_matrix()) if cfg.masking.dialog_share > 0 else None
     model_cfg = cfg.model.build_config(kb.n_symptoms, kb.n_diseases, kb.fingerprint())
     model = build(model_cfg).to(info.device)
     optimizer = make_optimizer(model, cfg.optim)
@@ -133,7 +134,7 @@ def train(cfg: TrainConfig) -> Path:
         t0, seen = time.perf_counter(), 0
         for bi in bar:
             rng = np.random.default_rng([cfg.run.seed, state.epoch, bi, info.rank])
-            batch = make_batch(train_p, batches[bi], kb.n_symptoms, cfg.masking, rng).to(info.device)
+            batch = make_batch(train_p, batches[bi], kb.n_symptoms, cfg.masking, rng, questions).to(info.device)
             lr = lr_at(state.step, total_steps, cfg.optim)
             for g in optimizer.param_groups:
                 g["lr"] = lr

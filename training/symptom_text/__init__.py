@@ -1,0 +1,1 @@
+"""Free-text symptom evaluation sets: phrasings, templates and generated descriptions."""
