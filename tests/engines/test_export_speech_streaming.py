@@ -121,3 +121,19 @@ def test_stream_onnx_handles_clips_shorter_than_a_chunk(tmp_path: Path) -> None:
     s = manifest.extras["streaming"]
     [got] = exs.stream_onnx(session, manifest.inputs, s["chunk_samples"], s["chunk_frames"], [clip])
     np.testing.assert_allclose(got, _offline(model, torch.from_numpy(clip)).numpy(), atol=ATOL, rtol=0)
+
+
+def test_nui_export_speech_picks_the_streaming_engine_for_a_unidirectional_checkpoint(tmp_path: Path) -> None:
+    from nui.export import main
+    from training.common.checkpoint import save_weights
+    from training.speech_ctc.model_io import MODEL_NAME
+
+    model = _tiny_streaming()
+    weights = tmp_path / "model.safetensors"
+    save_weights(weights, model, MODEL_NAME, model.cfg.to_dict())
+    assert main(["--checkpoint", str(weights), "--repo", str(tmp_path / "repo"), "--chunk-ms", "60"]) == 0
+    assert model_versions(tmp_path / "repo", "speech_ctc_streaming") == [1]
+    assert OnnxRuntimeEngine(tmp_path / "repo" / "speech_ctc_streaming" / "1").manifest.extras["streaming"][
+        "chunk_frames"] == 3
+    assert main(["--checkpoint", str(weights), "--repo", str(tmp_path / "repo"), "--no-streaming"]) == 0
+    assert model_versions(tmp_path / "repo", "speech_ctc") == [1]  # the same model as an offline engine
