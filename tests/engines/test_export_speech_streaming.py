@@ -83,7 +83,7 @@ def test_export_publishes_a_stateful_engine_that_streams_like_the_offline_model(
             piece = clips[i][offsets[i]: offsets[i] + k]
             chunk[j, : len(piece)] = piece
             known[j] = len(clips[i]) if offsets[i] + k >= len(clips[i]) else -1
-        feed = {"audio_chunk": chunk, "stream_samples": known}
+        feed: dict[str, np.ndarray] = {"audio_chunk": chunk, "stream_samples": known}
         feed |= {name: np.stack([states[i][name] for i in active]) for name in specs}
         out = engine.run(feed)
         for j, i in enumerate(active):

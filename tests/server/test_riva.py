@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -24,11 +25,11 @@ riva_client = pytest.importorskip("riva.client")
 from riva.client.proto import riva_asr_pb2  # noqa: E402
 
 
-def _asr(server: SpeechServer) -> riva_client.ASRService:
+def _asr(server: SpeechServer) -> Any:  # riva.client.ASRService
     return riva_client.ASRService(riva_client.Auth(uri=server.address, use_ssl=False))
 
 
-def _config(**kw: object) -> riva_client.RecognitionConfig:
+def _config(**kw: object) -> Any:  # riva.client.RecognitionConfig
     settings: dict[str, object] = {"language_code": "en-US", "encoding": riva_client.AudioEncoding.LINEAR_PCM,
                                    "max_alternatives": 1, **kw}
     return riva_client.RecognitionConfig(**settings)
