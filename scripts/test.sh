@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh dev,train) and run every check CI runs: ruff, mypy, import contracts, pytest.
+# Set up (scripts/setup.sh dev,train,ui) and run every check CI runs: ruff, mypy, import contracts, pytest.
 #   bash scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh dev,train
+bash scripts/setup.sh dev,train,ui
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff";        ruff check .
-echo "== mypy";        mypy models training engines server nui
+echo "== mypy";        mypy models training engines server nui ui
 echo "== imports";     lint-imports
 echo "== pytest";      pytest -q -p no:cacheprovider "$@"
