@@ -68,6 +68,8 @@ async def test_new_versions_replace_old_ones_without_a_failed_request(start: Sta
     stop.set()
     answers = await stream
     codes = {code for _, code, _ in answers}
+    print(f"reload under load: {len(answers)} requests, {sum(c != grpc.StatusCode.OK for _, c, _ in answers)} "
+          f"failed, {sum(v == 1 for _, _, v in answers)} answered by v1, {sum(v == 2 for _, _, v in answers)} by v2")
     assert codes == {grpc.StatusCode.OK}, codes
     versions = [v for _, _, v in answers]
     assert versions[0] == 1 and 2 in versions
