@@ -103,7 +103,7 @@ def make_images(max_images: int) -> list[tuple[str, bytes]]:
     return out
 
 
-def publish_random_model(preset: str, repo: Path, seed: int, vocab_size: int) -> None:
+def publish_random_model(preset: str, repo: Path, seed: int, vocab_size: int, image_size_px: int | None) -> None:
     """Export the preset (ImageNet encoder when it has one, seeded random decoder) to `<repo>/captioner/1`."""
     import dataclasses
 
@@ -116,6 +116,8 @@ def publish_random_model(preset: str, repo: Path, seed: int, vocab_size: int) ->
     words = [f"w{i}" for i in range(vocab_size - 4)]
     tokenizer = train_tokenizer([" ".join(words)])
     cfg = dataclasses.replace(get_preset(preset), vocab_size=tokenizer.vocab_size)
+    if image_size_px is not None:
+        cfg = dataclasses.replace(cfg, image_size_px=image_size_px)
     torch.manual_seed(seed)
     model = build(cfg)
     if cfg.encoder == "efficientnet_lite0":
@@ -237,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--random-preset", default=None, metavar="PRESET",
                    help="benchmark this preset with a random decoder instead (e.g. small); no repository needed")
     p.add_argument("--vocab-size", type=int, default=1000, help="with --random-preset")
+    p.add_argument("--image-size-px", type=int, default=None, help="with --random-preset: override the preset's")
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; the PNG goes next to it")
     p.add_argument("--quick", action="store_true", help="4 s windows, 1 s warm-up")
     p.add_argument("--duration-s", type=float, default=None, help="measured seconds per run (10; --quick 4)")
@@ -257,7 +260,7 @@ def model_repo(args: argparse.Namespace) -> Iterator[tuple[Path, str]]:
     if args.random_preset is not None:
         with tempfile.TemporaryDirectory(prefix="nui-bench-repo-") as tmp:
             logger.info("exporting the %r preset with a random decoder", args.random_preset)
-            publish_random_model(args.random_preset, Path(tmp), args.seed, args.vocab_size)
+            publish_random_model(args.random_preset, Path(tmp), args.seed, args.vocab_size, args.image_size_px)
             yield Path(tmp), f"random-preset:{args.random_preset}"
         return
     repo = args.repo if args.repo is not None else ROOT / "model_repository"

@@ -6,8 +6,9 @@ the parity gate.
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder or a model.safetensors; the
 tokenizer.json next to it (or in its run folder) is published with the engines. --dev-images takes image
-files and/or folders of them (JPEG/PNG/WebP), preprocessed exactly as the server does. This is glue
-between training/ (checkpoint reader) and engines/ (export), which must not import each other.
+files and/or folders of them (JPEG/PNG/WebP), resized with the shared preprocessing
+(models/caption_image.py). This is glue between training/ (checkpoint reader) and engines/ (export),
+which must not import each other.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def image_files(paths: list[Path], limit: int) -> list[Path]:
 
 
 def load_images(files: list[Path], size_px: int) -> np.ndarray:
-    """(N, 3, size, size) float32 in [0, 1], as the server preprocesses them."""
+    """(N, 3, size, size) float32 in [0, 1] (models/caption_image.py `to_pixels`)."""
     out = []
     for f in files:
         try:

@@ -111,9 +111,14 @@ class StepRows:
     state: dict[str, np.ndarray]  # "state" (r, S), "memory" (r, N, D), "keys" (r, N, A)
 
 
-def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
-    """The first frame of a JPEG/PNG/WebP, EXIF orientation applied; RequestError naming `image` when it is
-    empty, too large (bytes or pixels), zero-size, of another format, or undecodable."""
+def decode_image(data: bytes, limits: ImageLimits, min_side_px: int | None = None) -> tuple[Image.Image, int, int]:
+    """(the first frame of a JPEG/PNG/WebP with EXIF orientation applied, width, height as received);
+    RequestError naming `image` when it is empty, too large (bytes or pixels), zero-size, of another
+    format, or undecodable.
+
+    min_side_px: a JPEG may be decoded at 1/2, 1/4 or 1/8 scale (DCT scaling, Pillow's `draft`) as long as
+    both sides stay >= min_side_px; with twice the model's input side the resized pixels differ by ~0.1%
+    of full scale on average from a full decode, and a large photo decodes several times faster."""
     if not data:
         raise invalid_argument("image is empty; send the bytes of a JPEG, PNG or WebP file")
     if len(data) > limits.max_bytes:
@@ -128,6 +133,8 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             if width * height > limits.max_pixels:
                 raise invalid_argument(f"image is {width}x{height} = {width * height} pixels; at most "
                                        f"{limits.max_pixels} are allowed")
+            if min_side_px is not None and im.format == "JPEG":
+                im.draft(None, (min_side_px, min_side_px))
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # Pillow's own guard, at open
         raise invalid_argument(f"image has more than {limits.max_pixels} pixels ({e})") from e
@@ -135,7 +142,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise invalid_argument(f"image is not a {', '.join(FORMATS)} image (cannot identify its format)") from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:  # truncated or corrupt data, bad header fields
         raise invalid_argument(f"image could not be decoded: {e}") from e
-    return ImageOps.exif_transpose(im)
+    return ImageOps.exif_transpose(im), width, height
 
 
 class CaptionerModel:
@@ -195,9 +202,9 @@ class CaptionerModel:
         """Validate the options and decode the image (raises RequestError naming the field)."""
         started = time.monotonic()
         search = self.search_options(options)
-        im = decode_image(image, limits)
+        im, width, height = decode_image(image, limits, min_side_px=2 * self.image_size_px)
         pixels = to_pixels(im, self.image_size_px)
-        return ImageJob(pixels, im.width, im.height, search, request_id, time.monotonic() - started)
+        return ImageJob(pixels, width, height, search, request_id, time.monotonic() - started)
 
     def run_encoder(self, jobs: list[ImageJob]) -> list[dict[str, np.ndarray] | Exception]:
         """One encoder run for the batch: each job's features {"memory", "keys", "state"}, one row each."""

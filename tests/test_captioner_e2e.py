@@ -17,11 +17,11 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.caption_beam import greedy_search
 from models.caption_image import to_pixels
 from models.caption_text import BOS, EOS, PAD, UNK
+from server.captioner import ImageLimits, decode_image
 from training.captioner.model_io import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,8 @@ def server_address(published: tuple[Path, Path, Path]) -> Iterator[str]:
 
 def _torch_greedy(run: Path, images: list[Path]) -> list[str]:
     model, tokenizer, _ = load_model(run)
-    pixels = np.stack([to_pixels(Image.open(p), model.cfg.image_size_px) for p in images])
+    size = model.cfg.image_size_px  # decoded as the server does (large JPEGs at a reduced DCT scale)
+    pixels = np.stack([to_pixels(decode_image(p.read_bytes(), ImageLimits(), 2 * size)[0], size) for p in images])
     with torch.no_grad():
         memory, keys, state = (x.numpy() for x in model.encode(torch.from_numpy(pixels)))
 

@@ -166,13 +166,21 @@ def test_decode_image_limits_and_modes() -> None:
     exif[0x0112] = 6  # rotate 90 degrees on display
     buf = io.BytesIO()
     wide.save(buf, format="JPEG", exif=exif)
-    assert decode_image(buf.getvalue(), ImageLimits()).size == (20, 40)
+    rotated, width, height = decode_image(buf.getvalue(), ImageLimits())
+    assert rotated.size == (20, 40) and (width, height) == (40, 20)
     for mode in ("L", "LA", "P", "RGBA", "I;16", "1"):
         buf = io.BytesIO()
         Image.new(mode, (9, 7)).save(buf, format="PNG")
-        assert decode_image(buf.getvalue(), ImageLimits()).convert("RGB").size == (9, 7)
-    gray = np.asarray(decode_image(picture_bytes("blue", "WEBP"), ImageLimits()).convert("RGB"))
-    assert gray.shape == (32, 32, 3)
+        assert decode_image(buf.getvalue(), ImageLimits())[0].convert("RGB").size == (9, 7)
+    webp = np.asarray(decode_image(picture_bytes("blue", "WEBP"), ImageLimits())[0].convert("RGB"))
+    assert webp.shape == (32, 32, 3)
+    # a large JPEG decodes at a reduced DCT scale that keeps both sides >= min_side_px, size as received
+    big = picture_bytes("red", "JPEG", size_px=400)
+    small, width, height = decode_image(big, ImageLimits(), min_side_px=64)
+    assert small.size == (100, 100) and (width, height) == (400, 400)
+    gray = io.BytesIO()
+    Image.new("L", (300, 200), 128).save(gray, format="JPEG")
+    assert decode_image(gray.getvalue(), ImageLimits(), min_side_px=64)[0].size == (150, 100)
 
 
 async def test_nui_caption_in_process_and_over_grpc(start: StartServer, caption_repo: Path, tmp_path: Path,
