@@ -30,7 +30,7 @@ from typing import Any, cast
 
 import grpc
 
-from engines.manifest import MANIFEST_NAME, model_versions, read_manifest
+from engines.manifest import model_versions, read_manifest
 from server.batcher import DynamicBatcher
 from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel
@@ -72,7 +72,7 @@ class ModelStore:
         self.settings = settings
         self.metrics = metrics
         self._lock = asyncio.Lock()
-        self._failed: dict[tuple[str, int], tuple[float, str]] = {}  # -> (manifest mtime, reason)
+        self._failed: dict[tuple[str, int], tuple[tuple[int, ...], str]] = {}  # -> (folder stamp, reason)
         self._unloaded: set[str] = set()
         self._foreign: dict[tuple[str, int], str] = {}  # versions of other tasks -> their task
         self.on_change: Callable[[], Awaitable[None]] | None = None  # after models were added or retired
@@ -214,14 +214,14 @@ class ModelStore:
     # -- internals
 
     async def _load_version(self, name: str, version: int) -> None:
-        manifest_path = self.repo / name / str(version) / MANIFEST_NAME
-        mtime = manifest_path.stat().st_mtime if manifest_path.exists() else 0.0
+        folder = self.repo / name / str(version)
+        mtime = _stamp(folder)
         failed = self._failed.get((name, version))
         if failed is not None and failed[0] == mtime:
             raise ValueError(failed[1])  # unchanged since it failed: do not load again
         started = time.monotonic()
         try:
-            task = read_manifest(manifest_path.parent, verify=False).task
+            task = read_manifest(folder, verify=False).task
             if task not in TASKS:
                 self._foreign[(name, version)] = task
                 return
@@ -294,3 +294,12 @@ class ModelStore:
         await batcher.close()
         self.metrics.model_unloaded(name, version)
         logger.info("unloaded %s v%d", name, version)
+
+
+def _stamp(folder: Path) -> tuple[int, ...]:
+    """Changes whenever a file of the folder is added, removed or rewritten (a half-copied version that
+    failed is retried once its copy completes)."""
+    try:
+        return tuple(sorted(f.stat().st_mtime_ns ^ hash(f.name) for f in folder.iterdir()))
+    except OSError:
+        return ()

@@ -161,3 +161,15 @@ async def test_models_of_other_tasks_are_listed_not_loaded(start: StartServer, r
         index = {(m.name, m.version): (m.state, m.reason) for m in (await client.get_model_repository_index()).models}
     assert index[("other", "1")] == ("UNAVAILABLE", f"a {CAPTIONER_TASK} model: served by its own API only")
     assert index[("speech_ctc", "1")] == ("READY", "")
+
+
+async def test_polling_retries_a_failed_version_once_its_files_change(start: StartServer, repo: Path) -> None:
+    """A version copied in half (checksum mismatch) is refused, then served once the copy completes."""
+    server = await start(repo=repo, poll_repository_s=0.1)
+    store = server.store
+    assert store is not None
+    publish(repo, 2, tamper=True)
+    await wait_until(lambda: ("speech_ctc", "2", "UNAVAILABLE") in {r[:3] for r in store.index()}, 20)
+    assert 2 not in server.served["speech_ctc"]
+    shutil.copyfile(repo / "speech_ctc" / "1" / "model.onnx", repo / "speech_ctc" / "2" / "model.onnx")
+    await wait_until(lambda: 2 in server.served["speech_ctc"], timeout_s=20)
