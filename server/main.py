@@ -1,4 +1,4 @@
-"""`nui serve`: run the gRPC server (speech recognition, diagnosis) over a model repository.
+"""`nui serve`: run the gRPC server (speech recognition, diagnosis, image captioning) over a model repository.
 
     nui serve --repo model_repository --host 127.0.0.1 --port 50051 --max-batch-size 16 --max-queue-delay-ms 5
     nui serve --metrics-port 8002 --auth-token-file token.txt --tls-cert cert.pem --tls-key key.pem \
