@@ -1,7 +1,7 @@
 """`nui export speech`: checkpoint -> ONNX engine in a model repository, behind the parity gate.
 
     nui export speech --checkpoint runs/speech_small --repo model_repository \
-        --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N]
+        --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N] [--precision fp16]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, or a model.safetensors.
 A unidirectional (streaming preset) checkpoint is exported as a stateful streaming engine, model
@@ -23,8 +23,10 @@ from typing import Any
 
 import torch
 
-from engines.export_speech import DEFAULT_ATOL, ParityError, export_speech_ctc
+from engines.export_speech import DEFAULT_ATOL, ParityError, export_speech_ctc, noise_clips
 from engines.export_speech_streaming import DEFAULT_CHUNK_MS, export_speech_ctc_streaming
+from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
+from engines.fp16_parity import speech_check
 from engines.manifest import sha256_file
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
@@ -53,14 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-weights", action="store_true",
                    help="also publish the weights as FP16 safetensors (weights.fp16.safetensors), for fine-tuning")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) and gate it "
+                        "on the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         model, weights = load_model(args.checkpoint)
-        clips = None
+        clips, texts = None, None
         if args.dev_manifest:
             utts = read_manifest(args.dev_manifest)[: args.dev_limit]
             clips = [load_audio(u.audio_filepath) for u in utts]
+            texts = [u.text for u in utts]
         extra_files: dict[str, Path] = {}
         extras: dict[str, Any] = {}
         if args.lm_dir:
@@ -78,13 +84,22 @@ def main(argv: list[str] | None = None) -> int:
         common: dict[str, Any] = dict(dev_clips=clips, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
                                       extra_files=extra_files, extras=extras)
         if streaming:
+            if args.precision != "fp32":
+                raise ValueError("--precision fp16 is not available for streaming engines yet; add --no-streaming")
             path, manifest = export_speech_ctc_streaming(
                 model, args.repo, args.model_name or "speech_ctc_streaming", args.version,
                 chunk_ms=args.chunk_ms, **common)
+        elif args.precision == "fp16":
+            with fp32_staging() as fp32_repo:
+                fp32_dir, _ = export_speech_ctc(model, fp32_repo, "speech_ctc", **common)
+                gate, feeds = speech_check(clips or noise_clips(sample_rate_hz=model.cfg.sample_rate_hz), texts)
+                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name or "speech_ctc", args.version,
+                                              gate, feeds)
+            print("\n".join(island_summary(manifest)))
         else:
             path, manifest = export_speech_ctc(model, args.repo, args.model_name or "speech_ctc", args.version,
                                                **common)
-    except (OSError, ValueError, ParityError) as e:
+    except (OSError, ValueError, ParityError, Fp16GateError) as e:
         print(f"nui export speech: {e}", file=sys.stderr)
         return 1
     print(f"published {path} (parity: {manifest.parity})")

@@ -2,7 +2,8 @@
 the parity gate.
 
     nui export captioner --checkpoint runs/captioner_small --repo model_repository \
-        --dev-images data/captions/images/val [--dev-limit 64] [--weights-dtype float16|float32] [--version N]
+        --dev-images data/captions/images/val [--dev-limit 64] [--weights-dtype float16|float32] [--version N] \
+        [--precision fp16]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder or a model.safetensors; the
 tokenizer.json next to it (or in its run folder) is published with the engines. --dev-images takes image
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engines.export_captioner import DEFAULT_ATOL, ParityError, export_captioner
+from engines.export_captioner import DEFAULT_ATOL, ParityError, export_captioner, synthetic_images
+from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
+from engines.fp16_parity import captioner_check
 from engines.manifest import sha256_file
 from models.caption_image import to_pixels
 from training.captioner.model_io import load_model
@@ -70,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines "
+                        "(greedy caption agreement, encoder outputs)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -77,10 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         images = None
         if args.dev_images:
             images = load_images(image_files(args.dev_images, args.dev_limit), model.cfg.image_size_px)
-        path, manifest = export_captioner(
-            model, tokenizer.to_str(), args.repo, args.model_name, args.version, dev_images=images,
-            weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
-    except (OSError, ValueError, ParityError) as e:
+        if args.precision == "fp16":
+            with fp32_staging() as fp32_repo:
+                fp32_dir, _ = export_captioner(
+                    model, tokenizer.to_str(), fp32_repo, args.model_name, dev_images=images, weights_dtype="float32",
+                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
+                gate_images = images if images is not None else synthetic_images(8, model.cfg.image_size_px)
+                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name, args.version,
+                                              *captioner_check(gate_images))
+            print("\n".join(island_summary(manifest)))
+        else:
+            path, manifest = export_captioner(
+                model, tokenizer.to_str(), args.repo, args.model_name, args.version, dev_images=images,
+                weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
+    except (OSError, ValueError, ParityError, Fp16GateError) as e:
         print(f"nui export captioner: {e}", file=sys.stderr)
         return 1
     size_mb = manifest.extras["size_bytes"] / 1e6

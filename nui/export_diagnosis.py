@@ -2,7 +2,7 @@
 synthetic patients) and engines/ + models/diagnosis_dialog (export, dialog), which must not import training.
 
     nui export diagnosis --checkpoint runs/diagnosis_small --data data/diagnosis --repo model_repository \
-        [--weights-dtype float16|float32] [--version N] [--dev-limit 2000]
+        [--weights-dtype float16|float32] [--version N] [--dev-limit 2000] [--precision fp16]
     nui eval dialog --repo model_repository --data data/diagnosis [--split test] [--patients 500] \
         [--max-turns 20] [--posterior model|kb|mix] [--out docs/diagnosis/dialog_sim.json]
 
@@ -22,6 +22,8 @@ import numpy as np
 
 from engines.engine import load_engine
 from engines.export_diagnosis import DEFAULT_ATOL, ParityError, export_diagnosis
+from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
+from engines.fp16_parity import diagnosis_check
 from engines.manifest import sha256_file
 from models.diagnosis_dialog import (
     DiagnosisTables,
@@ -62,6 +64,9 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype (engines.export_diagnosis)")
     p.add_argument("--dev-limit", type=int, default=2000, help="dev patients in the parity gate")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                   help="fp16: FP16 graph with FP32 islands (engines/fp16.py), gated against the FP32 engine "
+                        "(top-5 agreement, probabilities); --weights-dtype is then float32 for the FP32 step")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -71,12 +76,20 @@ def export_main(argv: list[str] | None = None) -> int:
             raise ValueError(f"{args.checkpoint} was trained on another knowledge base than {args.data}")
         dev = Patients.load(args.data / "patients_dev.npz")
         rows = np.arange(min(args.dev_limit, len(dev)))
-        path, manifest = export_diagnosis(
-            model, tables_from_kb(kb), args.repo, args.model_name, args.version,
-            dev_inputs=patient_inputs(dev, rows, model.cfg.n_symptoms), weights_dtype=args.weights_dtype,
-            atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
-            extras={"kb_fingerprint": kb.fingerprint()})
-    except (OSError, ValueError, ParityError) as e:
+        dev_inputs = patient_inputs(dev, rows, model.cfg.n_symptoms)
+        common = dict(dev_inputs=dev_inputs, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
+                      extras={"kb_fingerprint": kb.fingerprint()})
+        if args.precision == "fp16":
+            with fp32_staging() as fp32_repo:
+                fp32_dir, _ = export_diagnosis(model, tables_from_kb(kb), fp32_repo, args.model_name,
+                                               weights_dtype="float32", **common)
+                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name, args.version,
+                                              *diagnosis_check(*dev_inputs))
+            print("\n".join(island_summary(manifest)))
+        else:
+            path, manifest = export_diagnosis(model, tables_from_kb(kb), args.repo, args.model_name, args.version,
+                                              weights_dtype=args.weights_dtype, **common)
+    except (OSError, ValueError, ParityError, Fp16GateError) as e:
         print(f"nui export diagnosis: {e}", file=sys.stderr)
         return 1
     print(f"published {path} ({manifest.extras['size_bytes'] / 1e6:.2f} MB; parity: {manifest.parity})")

@@ -1,0 +1,172 @@
+"""Parity gates of an FP16 engine against the FP32 engine it was converted from, per task, with task metrics.
+
+Used by engines/fp16.py `publish_fp16` (nui export ... --precision fp16). Each gate runs both version
+folders on ONNX Runtime's CPU provider on the same inputs and returns a JSON-able report with `passed`:
+
+- speech_ctc: max |diff| of the output *probabilities* on valid frames (log-probs of impossible characters
+  differ by whole units in FP16 and do not matter), greedy transcripts equal, and greedy WER of both
+  engines against the reference texts (when given) with a bound on the WER increase;
+- diagnosis: max |diff| of the disease probabilities and the share of identical top-5 lists;
+- captioner: max |diff| of the encoder outputs and the share of identical greedy captions.
+
+Tolerances are per model (`TOLERANCES`), set from the measured figures with head-room; the measured
+figures themselves go into the FP16 manifest's `parity["fp16_vs_fp32"]`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jiwer
+import numpy as np
+import onnxruntime as ort
+
+from engines.fp16 import ExampleFeeds, Gate
+from engines.manifest import read_manifest
+from models.caption_beam import StepFn, greedy_search
+from models.caption_text import BOS, EOS, PAD, UNK
+from models.ctc_text import greedy_decode, normalize_text
+
+# max_prob_diff: on probabilities; max_wer_increase: absolute WER (0.01 = one point); min_*_agreement: share.
+TOLERANCES: dict[str, dict[str, float]] = {
+    "speech_ctc": {"max_prob_diff": 0.25, "max_wer_increase": 0.01, "min_transcript_agreement": 0.9},
+    "diagnosis": {"max_prob_diff": 5e-3, "min_top5_agreement": 0.98},
+    "captioner": {"max_feature_diff": 0.1, "min_caption_agreement": 0.9},
+}
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1  # gates run next to training jobs on shared CPUs
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _pad(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    audio = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
+    for i, c in enumerate(clips):
+        audio[i, : len(c)] = c
+    return audio, lengths
+
+
+def speech_gate(fp32_dir: Path, fp16_dir: Path, clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
+                tolerances: dict[str, float] | None = None, max_batch: int = 8) -> dict[str, Any]:
+    """Both speech engines on `clips` (float32 mono at the model's rate), batched by length."""
+    tol = {**TOLERANCES["speech_ctc"], **(tolerances or {})}
+    s32, s16 = _session(fp32_dir / "model.onnx"), _session(fp16_dir / "model.onnx")
+    order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
+    hyp32, hyp16 = [""] * len(clips), [""] * len(clips)
+    max_diff = 0.0
+    for k in range(0, len(order), max_batch):
+        idx = order[k:k + max_batch]
+        audio, lengths = _pad([clips[i] for i in idx])
+        lp32, n32 = s32.run(None, {"audio": audio, "audio_lengths": lengths})
+        lp16, n16 = s16.run(None, {"audio": audio, "audio_lengths": lengths})
+        if not np.array_equal(n32, n16):
+            raise ValueError(f"output lengths differ: fp32 {n32.tolist()} vs fp16 {n16.tolist()}")
+        for row, (i, n) in enumerate(zip(idx, n32.tolist(), strict=True)):
+            a, b = lp32[row, :n], lp16[row, :n]
+            if n:
+                max_diff = max(max_diff, float(np.abs(np.exp(a) - np.exp(b)).max()))
+            hyp32[i], hyp16[i] = greedy_decode(a), greedy_decode(b)
+    agree = sum(a == b for a, b in zip(hyp32, hyp16, strict=True)) / max(1, len(clips))
+    report: dict[str, Any] = {"clips": len(clips), "max_prob_diff": max_diff, "transcript_agreement": agree,
+                              "tolerances": tol}
+    passed = max_diff <= tol["max_prob_diff"] and agree >= tol["min_transcript_agreement"]
+    if texts is not None:
+        refs = [normalize_text(t) for t in texts]
+        keep = [i for i, r in enumerate(refs) if r]  # jiwer rejects empty references
+        wer32 = float(jiwer.wer([refs[i] for i in keep], [hyp32[i] for i in keep]))
+        wer16 = float(jiwer.wer([refs[i] for i in keep], [hyp16[i] for i in keep]))
+        report.update(greedy_wer_fp32=wer32, greedy_wer_fp16=wer16, greedy_wer_delta=wer16 - wer32)
+        passed = passed and wer16 - wer32 <= tol["max_wer_increase"]
+    report["passed"] = bool(passed)
+    return report
+
+
+def diagnosis_gate(fp32_dir: Path, fp16_dir: Path, evidence: np.ndarray, age_years: np.ndarray, sex: np.ndarray,
+                   tolerances: dict[str, float] | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """Both diagnosis engines on dev rows: probabilities and top-5 lists."""
+    tol = {**TOLERANCES["diagnosis"], **(tolerances or {})}
+    s32, s16 = _session(fp32_dir / "model.onnx"), _session(fp16_dir / "model.onnx")
+    max_diff, same, rows = 0.0, 0, len(evidence)
+    for start in range(0, rows, batch_size):
+        feeds = {"evidence": evidence[start:start + batch_size], "age_years": age_years[start:start + batch_size],
+                 "sex": sex[start:start + batch_size]}
+        (p32,), (p16,) = s32.run(None, feeds), s16.run(None, feeds)
+        max_diff = max(max_diff, float(np.abs(p32 - p16).max()))
+        k = min(5, p32.shape[1])
+        top32 = np.argsort(-p32, axis=1, kind="stable")[:, :k]
+        top16 = np.argsort(-p16, axis=1, kind="stable")[:, :k]
+        same += int((top32 == top16).all(axis=1).sum())
+    agree = same / max(1, rows)
+    return {"rows": rows, "max_prob_diff": max_diff, "top5_agreement": agree, "tolerances": tol,
+            "passed": bool(max_diff <= tol["max_prob_diff"] and agree >= tol["min_top5_agreement"])}
+
+
+def _step(session: ort.InferenceSession) -> StepFn:
+    def step(tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        lp, new = session.run(None, {"tokens": tokens, **state})
+        return lp, {**state, "state": new}
+    return step
+
+
+def captioner_gate(fp32_dir: Path, fp16_dir: Path, images: np.ndarray, tolerances: dict[str, float] | None = None,
+                   batch_size: int = 8) -> dict[str, Any]:
+    """Both captioners (encoder + greedy decoding with the step graph) on (N, 3, H, W) images in [0, 1]."""
+    tol = {**TOLERANCES["captioner"], **(tolerances or {})}
+    manifest = read_manifest(fp32_dir, verify=False)
+    graphs = manifest.extras["graphs"]
+    enc_file, dec_file = graphs["encoder"]["file"], graphs["decoder_step"]["file"]
+    max_length = int(manifest.config["max_len"]) - 1  # BOS is given, not generated
+    max_diff, same = 0.0, 0
+    caps: dict[str, list[list[int]]] = {"fp32": [], "fp16": []}
+    outs: dict[str, list[np.ndarray]] = {}
+    for name, folder in (("fp32", fp32_dir), ("fp16", fp16_dir)):
+        enc, dec = _session(folder / enc_file), _session(folder / dec_file)
+        for start in range(0, len(images), batch_size):
+            batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
+            out = enc.run(None, {"images": batch})
+            outs.setdefault(name, []).extend(out)
+            state = dict(zip(("memory", "keys", "state"), out, strict=True))
+            hyps = greedy_search(_step(dec), state, len(batch), BOS, EOS, max_length, (PAD, BOS, UNK))
+            caps[name] += [h.tokens for h in hyps]
+    for a, b in zip(outs["fp32"], outs["fp16"], strict=True):
+        max_diff = max(max_diff, float(np.abs(a - b).max()))
+    same = sum(a == b for a, b in zip(caps["fp32"], caps["fp16"], strict=True))
+    agree = same / max(1, len(images))
+    return {"images": len(images), "max_feature_diff": max_diff, "caption_agreement": agree, "tolerances": tol,
+            "passed": bool(max_diff <= tol["max_feature_diff"] and agree >= tol["min_caption_agreement"])}
+
+
+# (gate, example feeds) per task, for engines/fp16.py `publish_fp16`.
+Check = tuple[Gate, ExampleFeeds]
+
+
+def speech_check(clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
+                 tolerances: dict[str, float] | None = None) -> Check:
+    def feeds(src_dir: Path, graph: str) -> dict[str, np.ndarray]:
+        audio, lengths = _pad(clips[:1])
+        return {"audio": audio, "audio_lengths": lengths}
+    return (lambda a, b: speech_gate(a, b, clips, texts, tolerances)), feeds
+
+
+def diagnosis_check(evidence: np.ndarray, age_years: np.ndarray, sex: np.ndarray,
+                    tolerances: dict[str, float] | None = None) -> Check:
+    def feeds(src_dir: Path, graph: str) -> dict[str, np.ndarray]:
+        return {"evidence": evidence[:4], "age_years": age_years[:4], "sex": sex[:4]}
+    return (lambda a, b: diagnosis_gate(a, b, evidence, age_years, sex, tolerances)), feeds
+
+
+def captioner_check(images: np.ndarray, tolerances: dict[str, float] | None = None) -> Check:
+    def feeds(src_dir: Path, graph: str) -> dict[str, np.ndarray]:
+        graphs = read_manifest(src_dir, verify=False).extras["graphs"]
+        batch = np.ascontiguousarray(images[:2], dtype=np.float32)
+        if graph == graphs["encoder"]["file"]:
+            return {"images": batch}
+        memory, keys, state = _session(src_dir / graphs["encoder"]["file"]).run(None, {"images": batch})
+        return {"tokens": np.full(len(batch), BOS, dtype=np.int64), "state": state, "memory": memory, "keys": keys}
+    return (lambda a, b: captioner_gate(a, b, images, tolerances)), feeds

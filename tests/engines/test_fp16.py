@@ -1,0 +1,105 @@
+"""FP16 engines: converted graphs keep FP32 islands and FP32 I/O, load on ORT CPU, pass or fail their gates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from engines.engine import OnnxRuntimeEngine
+from engines.export_diagnosis import export_diagnosis, random_evidence
+from engines.export_speech import export_speech_ctc, noise_clips
+from engines.fp16 import PLANS, Fp16GateError, Fp16Plan, convert_graph, publish_fp16
+from engines.fp16_parity import diagnosis_check, speech_check
+from engines.manifest import model_versions, read_manifest
+from models.diagnosis import build as build_diagnosis
+from models.diagnosis import get_preset as diagnosis_preset
+from models.speech_ctc import build, get_preset
+from tests.diagnosis_tiny import tiny_tables
+
+
+@pytest.fixture(scope="module")
+def speech_fp32(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path, _ = export_speech_ctc(build(get_preset("tiny")).eval(), tmp_path_factory.mktemp("fp32"))
+    return path
+
+
+def _float_type_of_inputs(model: onnx.ModelProto, op_type: str) -> set[int]:
+    types = {v.name: v.type.tensor_type.elem_type
+             for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    types.update({i.name: i.data_type for i in model.graph.initializer})
+    return {types[i] for n in model.graph.node if n.op_type == op_type for i in n.input[:1] if i in types}
+
+
+def test_speech_fp16_keeps_islands_and_io_in_fp32_and_is_published(speech_fp32: Path, tmp_path: Path) -> None:
+    clips = noise_clips()
+    path, manifest = publish_fp16(speech_fp32, tmp_path / "repo", "speech_ctc", None, *speech_check(clips))
+    assert manifest.precision == "fp16" and manifest.parity["fp16_vs_fp32"]["passed"]
+    assert manifest.parity["fp32_vs_torch"]["passed"], "the FP32 gate's figures travel along"
+    engine = OnnxRuntimeEngine(path)  # FP32 inputs/outputs: the manifest's specs still hold
+    audio = np.stack([clips[0][:8000], clips[1][:8000]])
+    out = engine.run({"audio": audio, "audio_lengths": np.array([8000, 6000])})
+    assert out["log_probs"].dtype == np.float32 and np.isfinite(out["log_probs"]).all()
+
+    m = onnx.load(str(path / "model.onnx"), load_external_data=False)
+    m = onnx.shape_inference.infer_shapes(m)
+    fp16, fp32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
+    assert _float_type_of_inputs(m, "GRU") == {fp16}, "the recurrent layers run in FP16 on a GPU"
+    assert _float_type_of_inputs(m, "LogSoftmax") == {fp32}, "the CTC output stays FP32"
+    assert _float_type_of_inputs(m, "LayerNormalization") == {fp32}
+    featurizer = {n.name for n in m.graph.node if n.name.startswith("/featurizer/") and n.op_type == "Log"}
+    assert featurizer and all(n.op_type != "Log" or n.name in featurizer for n in m.graph.node)
+    graph = manifest.extras["fp16"]["graphs"][0]
+    assert graph["fp32_islands"]["LogSoftmax"] == 1 and graph["fp16_nodes"] > 0
+    assert "LogSoftmax" in graph["cpu_fp32_ops"] and graph["cpu_fp16_ops"], "ORT CPU census recorded"
+    # In the tiny model the FP32 featurizer constants (STFT basis, mel filters) outweigh the FP16 weights.
+    assert set(manifest.extras["fp16"]["onnx_size_bytes"]) == {"fp32", "fp16"}
+
+
+def test_featurizer_island_keeps_quiet_audio_faithful(speech_fp32: Path, tmp_path: Path) -> None:
+    """Quiet audio's power spectrum underflows FP16: the FP32 featurizer island keeps the output close."""
+    import onnxruntime as ort
+
+    x = noise_clips(1)[0]
+    quiet = (x / np.abs(x).max() * 3e-5).astype(np.float32)  # -90 dBFS peak
+    feeds = {"audio": quiet[None], "audio_lengths": np.array([len(quiet)])}
+    ref = ort.InferenceSession(str(speech_fp32 / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    diff = {}
+    for name, plan in (("islands", PLANS["speech_ctc"]), ("no_featurizer_island", Fp16Plan())):
+        convert_graph(speech_fp32 / "model.onnx", tmp_path / f"{name}.onnx", plan)
+        sess = ort.InferenceSession(str(tmp_path / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        diff[name] = float(np.abs(np.exp(sess.run(None, feeds)[0]) - np.exp(ref)).max())
+    print(diff)
+    assert diff["islands"] < 0.01
+    assert diff["no_featurizer_island"] > 2 * diff["islands"]
+
+
+def test_failed_fp16_gate_publishes_nothing(speech_fp32: Path, tmp_path: Path) -> None:
+    gate, feeds = speech_check(noise_clips(), tolerances={"max_prob_diff": 0.0})
+    with pytest.raises(Fp16GateError, match="max_prob_diff"):
+        publish_fp16(speech_fp32, tmp_path / "repo", "speech_ctc", None, gate, feeds)
+    assert model_versions(tmp_path / "repo", "speech_ctc") == []
+
+
+def test_refuses_a_source_that_is_not_fp32(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_diagnosis(diagnosis_preset("tiny")).eval()
+    src, _ = export_diagnosis(model, tiny_tables(), tmp_path / "src", weights_dtype="float16")
+    with pytest.raises(ValueError, match="starts from an fp32 engine"):
+        publish_fp16(src, tmp_path / "repo", "diagnosis", None, *diagnosis_check(*random_evidence(8, 1)))
+
+
+def test_diagnosis_fp16_top5_gate(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_diagnosis(diagnosis_preset("tiny")).eval()
+    src, _ = export_diagnosis(model, tiny_tables(), tmp_path / "src", weights_dtype="float32")
+    dev = random_evidence(128, model.cfg.n_symptoms, seed=1)
+    path, manifest = publish_fp16(src, tmp_path / "repo", "diagnosis", 7, *diagnosis_check(*dev))
+    report = manifest.parity["fp16_vs_fp32"]
+    assert path.name == "7" and report["rows"] == 128 and report["passed"]
+    assert report["top5_agreement"] >= 0.98 and 0 < report["max_prob_diff"] <= 5e-3
+    assert {"symptoms.json", "diseases.json"} <= set(read_manifest(path).files), "tables copied along"
