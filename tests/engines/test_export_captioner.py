@@ -43,6 +43,10 @@ def test_export_parity_and_engines_caption(tmp_path: Path, tiny_captioner: tuple
     # the published engines (FP32 in and out whatever the storage), batch of 4, beam search in numpy
     encoder = load_engine(tmp_path / "repo", "captioner", graph="encoder")
     decoder = load_engine(tmp_path / "repo", "captioner", graph="decoder_step", verify=False)
+    with pytest.raises(ValueError, match="no graph 'nope'"):
+        load_engine(tmp_path / "repo", "captioner", graph="nope")
+    with pytest.raises(ValueError, match=r"does not list model\.onnx"):  # a multi-graph version has no model.onnx
+        load_engine(tmp_path / "repo", "captioner")
     features = encoder.run({"images": images})
     assert features["memory"].shape == (4, 16, model.cfg.memory_dim) and features["memory"].dtype == np.float32
 
