@@ -154,10 +154,19 @@ def load_engine(repo: Path, model: str, version: int | None = None,
     """Load `<repo>/<model>/<version>` (default: the highest version), verifying every file's sha256
     (unless `verify` is False: a further graph of a version already verified).
 
-    Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong.
+    The manifest's `engine` picks the backend: "onnxruntime" (CPU) or "tensorrt" (engines/tensorrt_engine.py).
+    Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong, or
+    when a TensorRT plan was built for another TensorRT version or GPU (EngineMismatch).
     """
     folder = version_dir(Path(repo), model, version)
-    engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify)
+    engine: Engine
+    if read_manifest(folder, verify=False).engine == "tensorrt":
+        # imported only here: needs tensorrt + cuda-python, and refuses a plan built for another TensorRT/GPU
+        from engines.tensorrt_engine import TensorRTEngine
+
+        engine = TensorRTEngine(folder, graph=graph, verify=verify)
+    else:
+        engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify)
     if engine.name != model:
         raise ValueError(f"{folder}: manifest model is {engine.name!r} but the folder says {model!r}")
     return engine

@@ -1,7 +1,8 @@
 """`nui export speech`: checkpoint -> ONNX engine in a model repository, behind the parity gate.
 
     nui export speech --checkpoint runs/speech_small --repo model_repository \
-        --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N] [--precision fp16]
+        --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N] [--precision fp16] \
+        [--engine tensorrt --timing-cache runs/trt.cache]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, or a model.safetensors.
 A unidirectional (streaming preset) checkpoint is exported as a stateful streaming engine, model
@@ -28,6 +29,7 @@ from engines.export_speech_streaming import DEFAULT_CHUNK_MS, export_speech_ctc_
 from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import speech_check
 from engines.manifest import sha256_file
+from engines.tensorrt_build import publish_tensorrt
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
 from training.speech_ctc.model_io import MODEL_NAME, load_model
@@ -58,7 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) and gate it "
                         "on the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)")
+    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="tensorrt: build a strongly typed TensorRT plan from the FP16 engine (implies --precision "
+                        "fp16; needs TensorRT and a CUDA GPU; engines/tensorrt_build.py)")
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
+    p.add_argument("--refit", action="store_true", help="build a refittable TensorRT plan")
     args = p.parse_args(argv)
+    if args.engine == "tensorrt":
+        args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         model, weights = load_model(args.checkpoint)
@@ -93,8 +102,12 @@ def main(argv: list[str] | None = None) -> int:
             with fp32_staging() as fp32_repo:
                 fp32_dir, _ = export_speech_ctc(model, fp32_repo, "speech_ctc", **common)
                 gate, feeds = speech_check(clips or noise_clips(sample_rate_hz=model.cfg.sample_rate_hz), texts)
-                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name or "speech_ctc", args.version,
-                                              gate, feeds)
+                fp16_repo = fp32_repo / "fp16" if args.engine == "tensorrt" else args.repo
+                path, manifest = publish_fp16(fp32_dir, fp16_repo, args.model_name or "speech_ctc",
+                                              args.version if fp16_repo == args.repo else None, gate, feeds)
+                if args.engine == "tensorrt":
+                    path, manifest = publish_tensorrt(path, args.repo, args.model_name or "speech_ctc", args.version,
+                                                      timing_cache=args.timing_cache, refit=args.refit)
             print("\n".join(island_summary(manifest)))
         else:
             path, manifest = export_speech_ctc(model, args.repo, args.model_name or "speech_ctc", args.version,
