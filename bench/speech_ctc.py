@@ -45,7 +45,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,11 +331,11 @@ class ServerProcess:
     """`python -m nui serve` on 127.0.0.1, port 0; the address is read from its `listening on` line."""
 
     def __init__(self, repo: Path, config: ServerSetup, intra_op_threads: int, log_path: Path,
-                 start_timeout_s: float = 120.0) -> None:
+                 start_timeout_s: float = 120.0, extra_args: Sequence[str] = ()) -> None:
         self.command = [sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--host", "127.0.0.1",
                         "--port", "0", "--max-batch-size", str(config.max_batch_size),
                         "--max-queue-delay-ms", f"{config.max_queue_delay_ms:g}",
-                        "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING"]
+                        "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING", *extra_args]
         self._log_path = log_path
         self._log = log_path.open("wb")
         self._proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -371,7 +371,8 @@ class ServerProcess:
         return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
 
     def log_tail(self, n_chars: int = 2000) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self._log_path.read_text(errors="replace")[-n_chars:]
 
     def stop(self, timeout_s: float = 30.0) -> int:
@@ -390,47 +391,60 @@ class ServerProcess:
         return int(self._proc.returncode)
 
 
+async def closed_loop(send: Callable[[int], Awaitable[object]], audio_s: Sequence[float], concurrency: int,
+                      warmup_s: float, duration_s: float,
+                      on_progress: Callable[[int, float], None] | None = None) -> LoadResult:
+    """C workers call `send(clip index)` back to back until warmup_s + duration_s have passed, then wait
+    for the calls in flight. A gRPC error is recorded by its code name; any other exception propagates.
+    Worker w starts at clip w, so a batch holds a mix of lengths."""
+    result = LoadResult()
+    start = time.perf_counter()
+    result.window = (start + warmup_s, start + warmup_s + duration_s)
+    end = result.window[1]
+
+    async def worker(index: int) -> None:
+        k = index
+        while time.perf_counter() < end:
+            clip = k % len(audio_s)
+            k += 1
+            t0 = time.perf_counter()
+            try:
+                await send(clip)
+                code = "OK"
+            except grpc.aio.AioRpcError as e:
+                code = e.code().name
+            result.records.append((t0, time.perf_counter(), code, audio_s[clip]))
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            if on_progress is not None:
+                on_progress(len(result.records), time.perf_counter() - start)
+
+    tick = asyncio.create_task(ticker())
+    try:
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+    finally:
+        tick.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await tick
+    return result
+
+
 async def drive_load(address: str, requests: Sequence[tuple[speech_pb2.RecognizeRequest, float]],
                      concurrency: int, warmup_s: float, duration_s: float, timeout_s: float,
                      on_progress: Callable[[int, float], None] | None = None) -> LoadResult:
-    """C workers send requests back to back until warmup_s + duration_s have passed, then wait for
-    the ones in flight (each bounded by timeout_s)."""
-    result = LoadResult()
+    """`closed_loop` of `Recognize` calls over one gRPC channel, each bounded by timeout_s."""
     options = [("grpc.max_receive_message_length", 32 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = speech_pb2_grpc.SpeechStub(channel)
-        start = time.perf_counter()
-        result.window = (start + warmup_s, start + warmup_s + duration_s)
-        end = result.window[1]
 
-        async def worker(index: int) -> None:
-            k = index  # workers start at different clips, so a batch holds a mix of lengths
-            while time.perf_counter() < end:
-                request, audio_s = requests[k % len(requests)]
-                k += 1
-                t0 = time.perf_counter()
-                try:
-                    await stub.Recognize(request, timeout=timeout_s)
-                    code = "OK"
-                except grpc.aio.AioRpcError as e:
-                    code = e.code().name
-                result.records.append((t0, time.perf_counter(), code, audio_s))
+        async def send(clip: int) -> object:
+            return await stub.Recognize(requests[clip][0], timeout=timeout_s)
 
-        async def ticker() -> None:
-            while True:
-                await asyncio.sleep(0.5)
-                if on_progress is not None:
-                    on_progress(len(result.records), time.perf_counter() - start)
-
-        tick = asyncio.create_task(ticker())
-        try:
-            await asyncio.gather(*(worker(i) for i in range(concurrency)))
-        finally:
-            tick.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await tick
-    return result
+        return await closed_loop(send, [audio_s for _, audio_s in requests], concurrency, warmup_s,
+                                 duration_s, on_progress)
 
 
 def summarize(config: ServerSetup, concurrency: int, result: LoadResult) -> ServerRow:

@@ -14,7 +14,7 @@ command -v "$PY" >/dev/null || PY=python3
 APT_PACKAGES=(espeak-ng espeak-ng-data flite festival festlex-cmu festlex-poslex festvox-kallpc16k
   festvox-kdlpc16k festvox-us-slt-hts sox libsox-fmt-base fortunes-min fortune-mod wamerican
   tuxpaint-stamps-default fonts-noto-color-emoji unicode-data librsvg2-bin openssl
-  chromium chromium-driver libportaudio2 alsa-utils)
+  chromium chromium-driver libportaudio2 alsa-utils openjdk-17-jre-headless)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
