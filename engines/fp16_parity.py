@@ -31,7 +31,8 @@ from models.ctc_text import greedy_decode, normalize_text
 
 # max_prob_diff: on probabilities; max_wer_increase: absolute WER (0.01 = one point); min_*_agreement: share.
 TOLERANCES: dict[str, dict[str, float]] = {
-    "speech_ctc": {"max_prob_diff": 0.25, "max_wer_increase": 0.01, "min_transcript_agreement": 0.9},
+    # measured on the bundled model, 100 dev clips: 0.0034, +0.0 WER, 100% equal transcripts
+    "speech_ctc": {"max_prob_diff": 0.05, "max_wer_increase": 0.005, "min_transcript_agreement": 0.95},
     "diagnosis": {"max_prob_diff": 5e-3, "min_top5_agreement": 0.98},
     "captioner": {"max_feature_diff": 0.1, "min_caption_agreement": 0.9},
 }

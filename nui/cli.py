@@ -20,6 +20,7 @@
     nui eval captioner --checkpoint RUN_OR_CKPT --data data/captions --split test --out eval.json [--photos]
     nui export captioner --checkpoint RUN_OR_CKPT --repo model_repository [--dev-images DIR ...]
     nui caption photo.jpg [--server host:port] [--beam 3] [--n-best 3]
+    nui precision --repo model_repository --model speech_ctc --data data/speech/dev.jsonl --out DIR
 
 Subcommand modules are imported only when used, so `nui serve` never imports torch.
 """
@@ -54,6 +55,7 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("transcribe", None): "server.transcribe:main",
     ("diagnose", None): "server.diagnose:main",
     ("caption", None): "server.caption:main",
+    ("precision", None): "nui.precision:main",
 }
 TRAIN_MODULES = {"speech": "training.speech_ctc", "diagnosis": "training.diagnosis", "captioner": "training.captioner"}
 
