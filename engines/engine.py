@@ -1,10 +1,12 @@
-"""Runtime engines: one `Engine` Protocol, an ONNX Runtime (CPU) backend, and loading from a repository.
+"""Runtime engines: one `Engine` Protocol, an ONNX Runtime backend (CPU, or the CUDA / TensorRT execution
+providers of an onnxruntime-gpu build), and loading from a repository (TensorRT plans: tensorrt_engine.py).
 
 An engine runs one exported model version: `run({"audio": ..., "audio_lengths": ...})` returns its
 named outputs as numpy arrays. The serving path imports only this module (no torch).
 
     from engines.engine import load_engine
     engine = load_engine(Path("model_repository"), "speech_ctc")  # highest version
+    engine = load_engine(Path("model_repository"), "speech_ctc", provider="cuda")  # onnxruntime-gpu
     outputs = engine.run({"audio": audio, "audio_lengths": lengths})
 """
 
@@ -32,6 +34,31 @@ _ORT_TYPES = {
     "int64": "tensor(int64)",
     "int32": "tensor(int32)",
 }
+
+
+# `--provider` names -> ONNX Runtime execution providers, in the order ORT assigns nodes (what the first
+# cannot run falls to the next). The TensorRT EP runs the FP16 graph as typed (engines/fp16.py) and caches
+# its plans; CUDA backs it up for nodes TensorRT does not take.
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def resolve_providers(provider: str, available: list[str] | None = None) -> list[str]:
+    """ORT providers for a `--provider` name; ValueError naming what this onnxruntime build has when the
+    requested one is missing (a CPU-only `onnxruntime` wheel has no CUDA/TensorRT providers)."""
+    if provider not in PROVIDERS:
+        raise ValueError(f"unknown execution provider {provider!r}; choose from {sorted(PROVIDERS)}")
+    have = ort.get_available_providers() if available is None else available
+    wanted = PROVIDERS[provider]
+    missing = [p for p in wanted[:-1] if p not in have]  # CPU is always there
+    if missing:
+        raise ValueError(f"execution provider {provider!r} needs {missing}, which this onnxruntime build does not "
+                         f"have (available: {have}); install onnxruntime-gpu (pip install '.[gpu]') on a CUDA "
+                         "machine, or serve with --provider cpu")
+    return wanted
 
 
 class Engine(Protocol):
@@ -105,7 +132,7 @@ class OnnxRuntimeEngine:
     named `graph` of a multi-graph export)."""
 
     def __init__(self, version_dir: Path, intra_op_threads: int | None = None, *,
-                 verify: bool = True, graph: str | None = None) -> None:
+                 verify: bool = True, graph: str | None = None, provider: str = "cpu") -> None:
         self._dir = Path(version_dir)
         self._manifest = read_manifest(self._dir, verify=verify)
         if self._manifest.engine != "onnxruntime":
@@ -117,11 +144,15 @@ class OnnxRuntimeEngine:
             raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
         self._version = int(self._dir.name)
         threads = intra_op_threads if intra_op_threads is not None else default_intra_op_threads()
+        providers = resolve_providers(provider)
         try:
             self._session = ort.InferenceSession(str(self._dir / onnx_file), _session_options(threads),
-                                                 providers=["CPUExecutionProvider"])
+                                                 providers=providers)
         except Exception as e:  # ORT raises its own untyped errors (InvalidGraph, Fail, ...)
             raise ValueError(f"{self._dir / onnx_file}: ONNX Runtime cannot load it: {e}") from e
+        if self._session.get_providers()[0] != providers[0]:  # ORT falls back silently when CUDA libs fail
+            raise ValueError(f"{self._dir / onnx_file}: ONNX Runtime could not start {providers[0]} (session runs "
+                             f"on {self._session.get_providers()}); check the CUDA/cuDNN/TensorRT libraries")
         _check_specs("inputs", self._inputs, self._session.get_inputs(), self._dir)
         _check_specs("outputs", outputs, self._session.get_outputs(), self._dir)
         self._output_names = [o.name for o in outputs]
@@ -150,11 +181,13 @@ class OnnxRuntimeEngine:
 
 
 def load_engine(repo: Path, model: str, version: int | None = None,
-                intra_op_threads: int | None = None, *, graph: str | None = None, verify: bool = True) -> Engine:
+                intra_op_threads: int | None = None, *, graph: str | None = None, verify: bool = True,
+                provider: str = "cpu") -> Engine:
     """Load `<repo>/<model>/<version>` (default: the highest version), verifying every file's sha256
     (unless `verify` is False: a further graph of a version already verified).
 
-    The manifest's `engine` picks the backend: "onnxruntime" (CPU) or "tensorrt" (engines/tensorrt_engine.py).
+    The manifest's `engine` picks the backend: "onnxruntime" (on the execution `provider`: cpu, cuda or
+    tensorrt, see PROVIDERS) or "tensorrt" (a TensorRT plan, engines/tensorrt_engine.py).
     Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong, or
     when a TensorRT plan was built for another TensorRT version or GPU (EngineMismatch).
     """
@@ -166,7 +199,7 @@ def load_engine(repo: Path, model: str, version: int | None = None,
 
         engine = TensorRTEngine(folder, graph=graph, verify=verify)
     else:
-        engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify)
+        engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify, provider=provider)
     if engine.name != model:
         raise ValueError(f"{folder}: manifest model is {engine.name!r} but the folder says {model!r}")
     return engine

@@ -116,3 +116,22 @@ def test_build_and_run_a_strongly_typed_fp16_plan(speech_fp16: Path, tmp_path: P
     n = int(a["out_lengths"][1])
     assert np.abs(np.exp(a["log_probs"][1, :n]) - np.exp(b["log_probs"][1, :n])).max() < 0.05
     assert read_manifest(path).extras["shape_ranges"]["samples"] == [1_600, 80_000, 480_000]
+
+
+def test_execution_providers_resolve_or_name_what_is_missing(speech_fp16: Path) -> None:
+    from engines.engine import OnnxRuntimeEngine, resolve_providers
+
+    assert resolve_providers("cpu") == ["CPUExecutionProvider"]
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("tensorrt", gpu_build) == gpu_build
+    with pytest.raises(ValueError, match=r"needs \['CUDAExecutionProvider'\].*onnxruntime-gpu.*--provider cpu"):
+        resolve_providers("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="unknown execution provider 'rocm'"):
+        resolve_providers("rocm")
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():  # the CPU wheel: a clear refusal
+        with pytest.raises(ValueError, match="does not have"):
+            OnnxRuntimeEngine(speech_fp16, provider="cuda")
+    assert OnnxRuntimeEngine(speech_fp16, provider="cpu").run(
+        {"audio": noise_clips(1)[0][None], "audio_lengths": np.array([len(noise_clips(1)[0])])})["log_probs"].ndim == 3
