@@ -7,6 +7,7 @@
     nui eval speech --checkpoint RUN_OR_CKPT --manifest data/speech/test.jsonl --lm-dir data/speech/lm
     nui export speech --checkpoint RUN_OR_CKPT --repo model_repository [--dev-manifest ...] [--lm-dir ...]
     nui up [--port 50051] [--app-port 7860]      server + web app (voice, symptoms, images, status)
+    nui listen [--server host:port] [--device N]  live microphone transcription in the terminal
     nui serve [--repo model_repository] [--port 50051]
     nui transcribe clip.wav [--server host:port]
     nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
@@ -52,6 +53,7 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("eval", "symptom-text"): "nui.symptom_text:eval_main",
     ("serve", None): "server.main:main",
     ("up", None): "ui.up:main",
+    ("listen", None): "ui.listen:main",
     ("transcribe", None): "server.transcribe:main",
     ("diagnose", None): "server.diagnose:main",
     ("caption", None): "server.caption:main",

@@ -8,7 +8,8 @@
 With `streaming` the audio goes to StreamingRecognize through a background thread as it arrives, so the
 interim transcript grows while the person talks and the final one is ready moments after they stop.
 Without it (the server has no streaming model) the chunks are kept and the whole recording goes to
-Recognize at `finish()`. Both paths check the recording first (ui/audio.py: silence, length).
+Recognize at `finish()`, after the checks of ui/audio.py (silence, length). A stream has no length limit
+here (the server enforces its own) and keeps no audio, only its loudest level, to explain silence.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ui.audio import AudioProblem, prepare_audio
+from ui.audio import SILENCE_DBFS, AudioProblem, loudest_frame_dbfs, prepare_audio
 from ui.client import NuiClient, NuiError
 
 _END = b""
@@ -39,7 +40,9 @@ class LiveSession:
         self.client = client
         self.sample_rate_hz = sample_rate_hz
         self.streaming = streaming
-        self.chunks: list[np.ndarray] = []
+        self.chunks: list[np.ndarray] = []  # the recording, kept only without streaming
+        self.samples = 0
+        self.loudest_dbfs = -200.0
         self.finals: list[str] = []
         self.current = ""
         self.error: NuiError | None = None
@@ -67,40 +70,41 @@ class LiveSession:
 
     def feed(self, samples: np.ndarray) -> None:
         x = np.asarray(samples)
-        self.chunks.append(x)
-        if self.streaming:
-            # At most 5 s per request (the server's limit): the page sends ~0.5 s, the terminal ~0.1 s.
-            pcm = to_pcm16(x)
-            step = 2 * self.sample_rate_hz * 4
-            for i in range(0, len(pcm), step):
-                self._queue.put(pcm[i: i + step])
+        self.samples += len(x)
+        if not self.streaming:
+            self.chunks.append(x)
+            return
+        # At most 5 s per request (the server's limit): the page sends ~0.5 s, the terminal ~0.1 s.
+        pcm = to_pcm16(x)
+        self.loudest_dbfs = max(self.loudest_dbfs, loudest_frame_dbfs(
+            np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768, self.sample_rate_hz))
+        step = 2 * self.sample_rate_hz * 4
+        for i in range(0, len(pcm), step):
+            self._queue.put(pcm[i: i + step])
 
     @property
     def interim(self) -> str:
         return " ".join([*self.finals, self.current]).strip()
 
-    def recording(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
-
     def finish(self, timeout_s: float = 30.0) -> str:
-        """The final transcript; AudioProblem for silence or a too short / long recording, NuiError when
-        the server refused."""
-        if self.streaming:
-            self._queue.put(_END)  # first: the stream must end even when the recording is refused below
-        clip = prepare_audio((self.sample_rate_hz, self.recording()))
+        """The final transcript. Without streaming the recording is checked (AudioProblem: silence, too
+        short or long) and sent to Recognize; with it the stream is closed and its finals joined
+        (AudioProblem when nothing was heard in silence). NuiError when the server refused."""
         if not self.streaming:
-            return self.client.recognize(clip.wav).text
+            recording = np.concatenate(self.chunks) if self.chunks else np.zeros(0, dtype=np.float32)
+            return self.client.recognize(prepare_audio((self.sample_rate_hz, recording)).wav).text
+        self._queue.put(_END)
         assert self._thread is not None
         self._thread.join(timeout_s)
         if self.error is not None:
             raise self.error
         if self._thread.is_alive():
             raise NuiError("DEADLINE_EXCEEDED", f"live speech recognition: no final result after {timeout_s:g} s")
-        return " ".join(self.finals).strip()
+        text = " ".join(self.finals).strip()
+        if not text and self.loudest_dbfs < SILENCE_DBFS:
+            raise AudioProblem("Only silence was recorded: check that the right microphone is selected and unmuted.")
+        return text
 
     def cancel(self) -> None:
         if self.streaming:
             self._queue.put(_END)
-
-
-__all__ = ["AudioProblem", "LiveSession", "to_pcm16"]
