@@ -1,9 +1,10 @@
 """The voice assistant page: speak (or upload, or type) -> transcript -> dialog -> reply shown and spoken.
 
 Endpoints (for gradio_client): `/ask` (typed text), `/hear_file` (an uploaded recording), `/hear`
-(a whole microphone recording), `/set_picture` (the picture "what is in this picture?" refers to); with a
-streaming server also `/live_chunk` and `/live_stop` (the microphone streams: the interim transcript
-grows while the person talks).
+(a whole microphone recording), `/set_picture` (the picture "what is in this picture?" refers to),
+`/speak` (the last reply as audio: each reply's text shows first, its speech follows as a second step);
+with a streaming server `/live_chunk` and `/live_stop` replace `/hear` (the microphone streams: the
+interim transcript grows while the person talks).
 """
 
 from __future__ import annotations
@@ -28,25 +29,38 @@ def _said(chat: Chat | None, user: str, assistant: str) -> Chat:
     return [*(chat or []), {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def answer(ctx: AppContext, text: str, chat: Chat | None, state: DialogState) -> tuple[Chat, Audio, DialogState]:
-    """The dialog's reply to `text`, added to the chat and spoken."""
+def answer(ctx: AppContext, text: str, chat: Chat | None, state: DialogState) -> tuple[Chat, DialogState]:
+    """The dialog's reply to `text`, added to the chat (`speak_last` then reads it aloud)."""
     reply = ctx.manager.handle(state, text)
-    return _said(chat, text, reply.text), ctx.speak(reply.speech), state
+    return _said(chat, text, reply.text), state
 
 
-def hear(ctx: AppContext, recording: Any, chat: Chat | None, state: DialogState
-         ) -> tuple[str, Chat, Audio, DialogState]:
+def hear(ctx: AppContext, recording: Any, chat: Chat | None, state: DialogState) -> tuple[str, Chat, DialogState]:
     """A whole recording (numpy from the microphone or a file path): transcribe, then answer."""
     try:
         clip = prepare_audio(recording)
         text = ctx.client.recognize(clip.wav).text
     except (AudioProblem, NuiError) as e:
         message = str(e) if isinstance(e, AudioProblem) else f"Sorry, the server could not transcribe that: {e.message}"
-        return "", _said(chat, "(audio)", message), ctx.speak(message), state
+        return "", _said(chat, "(audio)", message), state
     if not text:
         message = "I heard sound but no words. Could you say that again, a little closer to the microphone?"
-        return "", _said(chat, "(audio)", message), ctx.speak(message), state
+        return "", _said(chat, "(audio)", message), state
     return (text, *answer(ctx, text, chat, state))
+
+
+def message_text(message: dict[str, Any]) -> str:
+    """The text of a chat message as Gradio hands it back (a string, or a list of typed parts)."""
+    content = message.get("content", "")
+    if isinstance(content, str):
+        return content
+    return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def speak_last(ctx: AppContext, chat: Chat | None) -> Audio:
+    """The last assistant message, spoken (None without a TTS engine or a message)."""
+    said = [m for m in chat or [] if m.get("role") == "assistant"]
+    return ctx.speak(message_text(said[-1]).replace("%", " percent")) if said else None
 
 
 def build(ctx: AppContext) -> None:
@@ -74,11 +88,14 @@ def build(ctx: AppContext) -> None:
                          "transcribed when you stop.") +
                         ("" if ctx.speaker else " Spoken replies: off (install espeak-ng or flite)."))
 
-    def ask(t: str, c: Chat | None, s: DialogState) -> tuple[Chat, Audio, DialogState, str]:
+    def ask(t: str, c: Chat | None, s: DialogState) -> tuple[Chat, DialogState, str]:
         return (*answer(ctx, t, c, s), "")
 
-    def hear_any(recording: Any, c: Chat | None, s: DialogState) -> tuple[str, Chat, Audio, DialogState]:
+    def hear_any(recording: Any, c: Chat | None, s: DialogState) -> tuple[str, Chat, DialogState]:
         return hear(ctx, recording, c, s)
+
+    def speak(c: Chat | None) -> Audio:
+        return speak_last(ctx, c)
 
     def set_picture(path: str | None, c: Chat | None, s: DialogState) -> tuple[Chat, DialogState]:
         if path is None:
@@ -90,12 +107,17 @@ def build(ctx: AppContext) -> None:
             return _said(c, "(picture)", str(e)), s
         return c or [], s
 
-    send.click(ask, [text, chat, state], [chat, voice, state, text], api_name="ask")
-    text.submit(ask, [text, chat, state], [chat, voice, state, text], api_visibility="private")
-    upload.upload(hear_any, [upload, chat, state], [heard, chat, voice, state], api_name="hear_file")
+    # The reply text shows as soon as it exists; speech synthesis follows as a second step.
+    send.click(ask, [text, chat, state], [chat, state, text], api_name="ask").then(
+        speak, [chat], [voice], api_name="speak")
+    text.submit(ask, [text, chat, state], [chat, state, text], api_visibility="private").then(
+        speak, [chat], [voice], api_visibility="private")
+    upload.upload(hear_any, [upload, chat, state], [heard, chat, state], api_name="hear_file").then(
+        speak, [chat], [voice], api_visibility="private")
     picture.change(set_picture, [picture, chat, state], [chat, state], api_name="set_picture")
     if not ctx.streaming:
-        mic.stop_recording(hear_any, [mic, chat, state], [heard, chat, voice, state], api_name="hear")
+        mic.stop_recording(hear_any, [mic, chat, state], [heard, chat, state], api_name="hear").then(
+            speak, [chat], [voice], api_visibility="private")
         return
 
     def live_chunk(chunk: Audio, session: LiveSession | None) -> tuple[str, LiveSession | None]:
@@ -108,16 +130,16 @@ def build(ctx: AppContext) -> None:
         return session.interim, session
 
     def live_stop(session: LiveSession | None, c: Chat | None, s: DialogState
-                  ) -> tuple[str, Chat, Audio, DialogState, None]:
+                  ) -> tuple[str, Chat, DialogState, None]:
         if session is None:
-            message = "No audio arrived from the microphone."
-            return "", _said(c, "(audio)", message), ctx.speak(message), s, None
+            return "", _said(c, "(audio)", "No audio arrived from the microphone."), s, None
         try:
             text = session.finish()
         except (AudioProblem, NuiError) as e:
             message = str(e) if isinstance(e, AudioProblem) else f"Sorry: {e.message}"
-            return "", _said(c, "(audio)", message), ctx.speak(message), s, None
+            return "", _said(c, "(audio)", message), s, None
         return (text, *answer(ctx, text, c, s), None)
 
     mic.stream(live_chunk, [mic, live], [heard, live], stream_every=0.5, api_name="live_chunk")
-    mic.stop_recording(live_stop, [live, chat, state], [heard, chat, voice, state, live], api_name="live_stop")
+    mic.stop_recording(live_stop, [live, chat, state], [heard, chat, state, live], api_name="live_stop").then(
+        speak, [chat], [voice], api_visibility="private")

@@ -65,11 +65,6 @@ class Reply:
     captions: list[Caption] = field(default_factory=list)
     error: str = ""  # set when the server refused; `text` then explains it in plain words
 
-    @property
-    def speech(self) -> str:
-        """What to read aloud: the reply without the ranked percentages' clutter."""
-        return self.text.replace("%", " percent")
-
 
 def _names(findings: Sequence[Finding]) -> str:
     return ", ".join(f.name.lower() if f.present else f"no {f.name.lower()}" for f in findings)

@@ -33,32 +33,32 @@ def texts(chat: list[dict[str, Any]]) -> list[str]:
 
 
 def test_ask_answers_and_speaks(gc: Any) -> None:
-    chat, voice, cleared = gc.predict("what can you do?", [], api_name="/ask")
+    chat, cleared = gc.predict("what can you do?", [], api_name="/ask")
     assert cleared == "" and texts(chat)[0] == "what can you do?" and "three things" in texts(chat)[1]
-    audio, rate = sf.read(voice)
+    audio, rate = sf.read(gc.predict(chat, api_name="/speak"))
     assert rate > 8000 and len(audio) / rate > 1.0  # the reply, spoken
 
 
 def test_symptom_conversation_keeps_state_across_turns(gc: Any) -> None:
-    chat, _, _ = gc.predict("I feel unwell", [], api_name="/ask")
+    chat, _ = gc.predict("I feel unwell", [], api_name="/ask")
     question = texts(chat)[-1]
     assert question.endswith("?")
-    chat, _, _ = gc.predict("yes", chat, api_name="/ask")
+    chat, _ = gc.predict("yes", chat, api_name="/ask")
     assert "Conditions that fit best so far" in texts(chat)[-1]
 
 
 def test_hear_file_and_microphone_recording(gc: Any, tmp_path: Path) -> None:
     wav = say("what can you do", tmp_path / "q.wav")
-    heard, chat, voice = gc.predict(gradio_client.handle_file(str(wav)), [], api_name="/hear_file")
-    assert heard == "what can you do" and "three things" in texts(chat)[-1] and voice
-    heard, chat, _ = gc.predict(gradio_client.handle_file(str(wav)), [], api_name="/hear")
+    heard, chat = gc.predict(gradio_client.handle_file(str(wav)), [], api_name="/hear_file")
+    assert heard == "what can you do" and "three things" in texts(chat)[-1]
+    heard, chat = gc.predict(gradio_client.handle_file(str(wav)), [], api_name="/hear")
     assert heard == "what can you do"
 
 
 def test_silence_and_junk_are_refused_before_the_server(gc: Any, tmp_path: Path) -> None:
     silent = tmp_path / "silence.wav"
     sf.write(silent, np.zeros(16000, dtype=np.float32), 16000)
-    heard, chat, _ = gc.predict(gradio_client.handle_file(str(silent)), [], api_name="/hear_file")
+    heard, chat = gc.predict(gradio_client.handle_file(str(silent)), [], api_name="/hear_file")
     assert heard == "" and "Only silence" in texts(chat)[-1]
 
 
@@ -75,7 +75,7 @@ def test_picture_then_question_and_image_page(gc: Any, tmp_path: Path) -> None:
     Image.fromarray(picture("red")).save(red)
     Image.fromarray(picture("blue", seed=3)).save(blue)
     gc.predict(gradio_client.handle_file(str(red)), [], api_name="/set_picture")
-    chat, _, _ = gc.predict("what is in this picture?", [], api_name="/ask")
+    chat, _ = gc.predict("what is in this picture?", [], api_name="/ask")
     assert texts(chat)[-1] == f"I think it shows {CAPTIONS['red']}."
     table, message = gc.predict([gradio_client.handle_file(str(red)), gradio_client.handle_file(str(blue))], None,
                                 api_name="/describe")
