@@ -130,8 +130,7 @@ class DialogManager:
         state.findings = list(result.findings)
         state.diagnosis = result
         if text and not new:
-            lead = ("I could not recognize a symptom in that. Try naming it plainly, like 'I have a sore throat'. "
-                    if not state.findings else "")
+            lead = "I could not recognize a symptom in that. Try naming it plainly, like 'I have a sore throat'. "
         elif text:
             lead = f"I understood: {_names(new)}. "
         ranking = ""

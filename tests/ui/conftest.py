@@ -1,8 +1,8 @@
 """Fixtures for the UI tests: a real `nui serve` child process over a repository with every task, and the
 Gradio app launched against it (127.0.0.1, free ports).
 
-The repository holds the bundled models (model_repository/) and, for each task the bundle lacks yet, a
-tiny one: the tiny diagnosis model (tests/diagnosis_tiny.py) and the tiny captioner that has learnt two
+The repository holds the bundled models (model_repository/, or $NUI_UI_TEST_REPO) and, for each task
+they lack, a tiny one: the tiny diagnosis model (tests/diagnosis_tiny.py) and the tiny captioner that has learnt two
 captions (tests/captioner_tiny.py), so every page talks to a real service.
 """
 
@@ -30,16 +30,20 @@ pytest.importorskip("gradio")
 from ui.client import NuiClient  # noqa: E402
 from ui.up import free_port  # noqa: E402
 
-BUNDLED = ROOT / "model_repository"
+# The models the UI tests start from; NUI_UI_TEST_REPO picks another folder (e.g. one with a locally
+# exported diagnosis model, to take the docs' screenshots with real diseases).
+BUNDLED = Path(os.environ.get("NUI_UI_TEST_REPO") or ROOT / "model_repository")
 
 
 @pytest.fixture(scope="session")
 def ui_repo(tmp_path_factory: pytest.TempPathFactory, tiny_captioner: tuple[Any, Any]) -> Path:
     torch = pytest.importorskip("torch")
     repo = tmp_path_factory.mktemp("ui_repository")
-    for model in BUNDLED.iterdir():
-        if model.is_dir():
-            shutil.copytree(model, repo / model.name)
+    bundled = {m.name for m in BUNDLED.iterdir() if m.is_dir()}
+    for name in bundled:
+        # The free-text model belongs to the bundled diagnosis model's knowledge base, not the tiny one.
+        if name != "symptom_text" or "diagnosis" in bundled:
+            shutil.copytree(BUNDLED / name, repo / name)
     if not (repo / "diagnosis").exists():
         from engines.export_diagnosis import export_diagnosis
         from models.diagnosis import build, get_preset

@@ -40,7 +40,7 @@ def test_ask_answers_and_speaks(gc: Any) -> None:
 
 
 def test_symptom_conversation_keeps_state_across_turns(gc: Any) -> None:
-    chat, _ = gc.predict("I feel unwell", [], api_name="/ask")
+    chat, _ = gc.predict("I have a fever and a cough", [], api_name="/ask")
     question = texts(chat)[-1]
     assert question.endswith("?")
     chat, _ = gc.predict("yes", chat, api_name="/ask")
@@ -63,7 +63,7 @@ def test_silence_and_junk_are_refused_before_the_server(gc: Any, tmp_path: Path)
 
 
 def test_symptom_page_turn_returns_chart_data(gc: Any) -> None:
-    chat, chart, question, cleared = gc.predict("I am not feeling well", [], api_name="/symptom_turn")
+    chat, chart, question, cleared = gc.predict("I have a fever and a cough", [], api_name="/symptom_turn")
     assert question and question in texts(chat)[-1] and cleared == ""
     chat, chart, _, _ = gc.predict("yes", chat, api_name="/symptom_turn")
     rows = chart["value"]["data"] if "value" in chart else chart["data"]

@@ -6,6 +6,7 @@ pictures and reads their captions, and opens the status page. A screenshot of ea
 $NUI_SCREENSHOT_DIR (default: the test's tmp folder); `docs/ui/` holds the committed ones:
 
     NUI_SCREENSHOT_DIR=docs/ui pytest -q tests/ui/test_browser.py
+    NUI_UI_TEST_REPO=/path/to/repo/with/diagnosis NUI_SCREENSHOT_DIR=docs/ui pytest -q tests/ui/test_browser.py
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def test_pages_in_chromium(browser: Any, app_url: str, shots: Path, tmp_path: Pa
     tab(d, "Symptom checker")
     notice = css(d, "#symptom-notice").text
     assert "not medical advice" in notice
-    css(d, "#symptom-text textarea").send_keys("I feel unwell")
+    css(d, "#symptom-text textarea").send_keys("I have a fever and a cough")
     css(d, "#symptom-send").click()
     question = wait_for(d, lambda: css(d, "#symptom-question textarea").get_attribute("value"), "a first question")
     css(d, "#symptom-yes").click()
