@@ -6,8 +6,10 @@ folders on ONNX Runtime's CPU provider on the same inputs and returns a JSON-abl
 - speech_ctc: max |diff| of the output *probabilities* on valid frames (log-probs of impossible characters
   differ by whole units in FP16 and do not matter), greedy transcripts equal, and greedy WER of both
   engines against the reference texts (when given) with a bound on the WER increase;
-- diagnosis: max |diff| of the disease probabilities and the share of identical top-5 lists;
-- captioner: max |diff| of the encoder outputs and the share of identical greedy captions.
+- diagnosis: max |diff| of the disease probabilities and the share of identical top-5 lists (near ties
+  that rounding swapped count as identical; exact and top-1 shares are reported too);
+- captioner: relative error of the encoder outputs (their scale varies by output) and the share of
+  identical greedy captions.
 
 Tolerances are per model (`TOLERANCES`), set from the measured figures with head-room; the measured
 figures themselves go into the FP16 manifest's `parity["fp16_vs_fp32"]`.
@@ -33,8 +35,11 @@ from models.ctc_text import greedy_decode, normalize_text
 TOLERANCES: dict[str, dict[str, float]] = {
     # measured on the bundled model, 100 dev clips: 0.0034, +0.0 WER, 100% equal transcripts
     "speech_ctc": {"max_prob_diff": 0.05, "max_wer_increase": 0.005, "min_transcript_agreement": 0.95},
-    "diagnosis": {"max_prob_diff": 5e-3, "min_top5_agreement": 0.98},
-    "captioner": {"max_feature_diff": 0.1, "min_caption_agreement": 0.9},
+    # near_tie: top-5 lists that differ only among diseases whose FP32 probabilities are this close count as
+    # agreeing (rounding may swap them); measured on 2000 dev patients: max diff 4.6e-4, 99.25 % exact lists
+    "diagnosis": {"max_prob_diff": 5e-3, "near_tie": 1e-3, "min_top5_agreement": 0.99},
+    # features on the relative scale: ||fp16 - fp32|| / ||fp32|| over each encoder output
+    "captioner": {"max_feature_rel_err": 0.01, "min_caption_agreement": 0.9},
 }
 
 
@@ -93,7 +98,7 @@ def diagnosis_gate(fp32_dir: Path, fp16_dir: Path, evidence: np.ndarray, age_yea
     """Both diagnosis engines on dev rows: probabilities and top-5 lists."""
     tol = {**TOLERANCES["diagnosis"], **(tolerances or {})}
     s32, s16 = _session(fp32_dir / "model.onnx"), _session(fp16_dir / "model.onnx")
-    max_diff, same, rows = 0.0, 0, len(evidence)
+    max_diff, exact, same, top1, rows = 0.0, 0, 0, 0, len(evidence)
     for start in range(0, rows, batch_size):
         feeds = {"evidence": evidence[start:start + batch_size], "age_years": age_years[start:start + batch_size],
                  "sex": sex[start:start + batch_size]}
@@ -102,9 +107,16 @@ def diagnosis_gate(fp32_dir: Path, fp16_dir: Path, evidence: np.ndarray, age_yea
         k = min(5, p32.shape[1])
         top32 = np.argsort(-p32, axis=1, kind="stable")[:, :k]
         top16 = np.argsort(-p16, axis=1, kind="stable")[:, :k]
-        same += int((top32 == top16).all(axis=1).sum())
+        equal = (top32 == top16).all(axis=1)
+        exact += int(equal.sum())
+        top1 += int((top32[:, 0] == top16[:, 0]).sum())
+        rows_idx = np.arange(len(p32))[:, None]
+        # where the lists differ, FP32 scores both candidates within near_tie: a swap of a near tie
+        ties = np.abs(p32[rows_idx, top32] - p32[rows_idx, top16]).max(axis=1) <= tol["near_tie"]
+        same += int((equal | ties).sum())
     agree = same / max(1, rows)
-    return {"rows": rows, "max_prob_diff": max_diff, "top5_agreement": agree, "tolerances": tol,
+    return {"rows": rows, "max_prob_diff": max_diff, "top1_agreement": top1 / max(1, rows),
+            "top5_exact": exact / max(1, rows), "top5_agreement": agree, "tolerances": tol,
             "passed": bool(max_diff <= tol["max_prob_diff"] and agree >= tol["min_top5_agreement"])}
 
 
@@ -123,7 +135,7 @@ def captioner_gate(fp32_dir: Path, fp16_dir: Path, images: np.ndarray, tolerance
     graphs = manifest.extras["graphs"]
     enc_file, dec_file = graphs["encoder"]["file"], graphs["decoder_step"]["file"]
     max_length = int(manifest.config["max_len"]) - 1  # BOS is given, not generated
-    max_diff, same = 0.0, 0
+    max_diff, rel_err = 0.0, 0.0
     caps: dict[str, list[list[int]]] = {"fp32": [], "fp16": []}
     outs: dict[str, list[np.ndarray]] = {}
     for name, folder in (("fp32", fp32_dir), ("fp16", fp16_dir)):
@@ -137,10 +149,12 @@ def captioner_gate(fp32_dir: Path, fp16_dir: Path, images: np.ndarray, tolerance
             caps[name] += [h.tokens for h in hyps]
     for a, b in zip(outs["fp32"], outs["fp16"], strict=True):
         max_diff = max(max_diff, float(np.abs(a - b).max()))
+        rel_err = max(rel_err, float(np.linalg.norm(a - b) / max(float(np.linalg.norm(a)), 1e-12)))
     same = sum(a == b for a, b in zip(caps["fp32"], caps["fp16"], strict=True))
     agree = same / max(1, len(images))
-    return {"images": len(images), "max_feature_diff": max_diff, "caption_agreement": agree, "tolerances": tol,
-            "passed": bool(max_diff <= tol["max_feature_diff"] and agree >= tol["min_caption_agreement"])}
+    return {"images": len(images), "max_feature_diff": max_diff, "max_feature_rel_err": rel_err,
+            "caption_agreement": agree, "tolerances": tol,
+            "passed": bool(rel_err <= tol["max_feature_rel_err"] and agree >= tol["min_caption_agreement"])}
 
 
 # (gate, example feeds) per task, for engines/fp16.py `publish_fp16`.

@@ -53,8 +53,7 @@ def import_tensorrt() -> Any:
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise ValueError("this version is a TensorRT engine but TensorRT is not installed here "
-                         "(pip install '.[gpu]' on a CUDA machine)") from e
+        raise ValueError("TensorRT is not installed here (pip install '.[gpu]' on a CUDA machine)") from e
     return trt
 
 

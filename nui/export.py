@@ -30,6 +30,7 @@ from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp
 from engines.fp16_parity import speech_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
+from engines.tensorrt_engine import installed_tensorrt
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
 from training.speech_ctc.model_io import MODEL_NAME, load_model
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.engine == "tensorrt":
+            installed_tensorrt()  # fail before the export when TensorRT or the GPU is missing
         model, weights = load_model(args.checkpoint)
         clips, texts = None, None
         if args.dev_manifest:

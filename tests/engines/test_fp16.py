@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -103,3 +104,38 @@ def test_diagnosis_fp16_top5_gate(tmp_path: Path) -> None:
     assert path.name == "7" and report["rows"] == 128 and report["passed"]
     assert report["top5_agreement"] >= 0.98 and 0 < report["max_prob_diff"] <= 5e-3
     assert {"symptoms.json", "diseases.json"} <= set(read_manifest(path).files), "tables copied along"
+
+
+def test_nui_export_speech_precision_fp16(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from nui.export import main
+    from training.common.checkpoint import save_weights
+    from training.speech_ctc.model_io import MODEL_NAME
+
+    torch.manual_seed(0)
+    model = build(get_preset("tiny")).eval()
+    save_weights(tmp_path / "model.safetensors", model, MODEL_NAME, model.cfg.to_dict())
+    args = ["--checkpoint", str(tmp_path / "model.safetensors"), "--repo", str(tmp_path / "repo"), "--no-streaming"]
+    assert main([*args, "--precision", "fp16"]) == 0
+    manifest = read_manifest(tmp_path / "repo" / "speech_ctc" / "1")
+    assert manifest.precision == "fp16" and manifest.parity["fp16_vs_fp32"]["passed"]
+    assert manifest.extras["fp16"]["island_scopes"] == ["/featurizer/", "/feature_norm/"]
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is None:  # a clear refusal, nothing published
+        assert main([*args, "--engine", "tensorrt"]) == 1
+        assert "TensorRT is not installed" in capsys.readouterr().err
+        assert model_versions(tmp_path / "repo", "speech_ctc") == [1]
+
+
+def test_captioner_fp16_caption_gate(tmp_path: Path, tiny_captioner: tuple[Any, Any]) -> None:
+    from engines.export_captioner import export_captioner, synthetic_images
+    from engines.fp16_parity import captioner_check
+
+    model, tokenizer = tiny_captioner
+    src, _ = export_captioner(model, tokenizer.to_str(), tmp_path / "src", weights_dtype="float32")
+    images = synthetic_images(4, model.cfg.image_size_px, seed=3)
+    path, manifest = publish_fp16(src, tmp_path / "repo", "captioner", None, *captioner_check(images))
+    report = manifest.parity["fp16_vs_fp32"]
+    assert report["images"] == 4 and report["passed"] and report["caption_agreement"] >= 0.9
+    assert [g["file"] for g in manifest.extras["fp16"]["graphs"]] == ["decoder_step.onnx", "encoder.onnx"]
+    assert OnnxRuntimeEngine(path, graph="decoder_step").manifest.precision == "fp16"
