@@ -135,3 +135,22 @@ def test_execution_providers_resolve_or_name_what_is_missing(speech_fp16: Path) 
             OnnxRuntimeEngine(speech_fp16, provider="cuda")
     assert OnnxRuntimeEngine(speech_fp16, provider="cpu").run(
         {"audio": noise_clips(1)[0][None], "audio_lengths": np.array([len(noise_clips(1)[0])])})["log_probs"].ndim == 3
+
+
+def test_nui_serve_refuses_a_plan_built_for_another_gpu_at_start_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The machine's TensorRT/GPU is faked (no GPU here); the refusal path through nui serve is real."""
+    from engines import tensorrt_engine
+    from server.main import main as serve_main
+
+    folder = tmp_path / "speech_ctc" / "1"
+    folder.mkdir(parents=True)
+    (folder / "model.plan").write_bytes(b"plan bytes")
+    m = replace(_manifest({"tensorrt": {"version": "10.7.0", "compute_capability": "9.0",
+                                        "plans": {"model.onnx": "model.plan"}}}),
+                engine="tensorrt", files=file_digests(folder))
+    write_manifest(folder, m)
+    monkeypatch.setattr(tensorrt_engine, "installed_tensorrt", lambda device=0: ("10.7.0", "8.9"))
+    assert serve_main(["--repo", str(tmp_path), "--port", "0", "--host", "127.0.0.1"]) == 1
+    err = capsys.readouterr().err
+    assert "compute capability 9.0, this GPU is 8.9" in err and "--engine tensorrt" in err
