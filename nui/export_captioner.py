@@ -26,6 +26,8 @@ from engines.export_captioner import DEFAULT_ATOL, ParityError, export_captioner
 from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import captioner_check
 from engines.manifest import sha256_file
+from engines.tensorrt_build import publish_tensorrt
+from engines.tensorrt_engine import installed_tensorrt
 from models.caption_image import to_pixels
 from training.captioner.model_io import load_model
 
@@ -73,12 +75,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
+    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="tensorrt: a strongly typed TensorRT plan of the FP16 engine (implies --precision fp16; "
+                        "needs TensorRT and a CUDA GPU)")
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines "
                         "(greedy caption agreement, encoder outputs)")
     args = p.parse_args(argv)
+    if args.engine == "tensorrt":
+        args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.engine == "tensorrt":
+            installed_tensorrt()  # fail before the export when TensorRT or the GPU is missing
         model, tokenizer, weights = load_model(args.checkpoint)
         images = None
         if args.dev_images:
@@ -89,8 +99,13 @@ def main(argv: list[str] | None = None) -> int:
                     model, tokenizer.to_str(), fp32_repo, args.model_name, dev_images=images, weights_dtype="float32",
                     atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
                 gate_images = images if images is not None else synthetic_images(8, model.cfg.image_size_px)
-                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name, args.version,
+                fp16_repo = fp32_repo / "fp16" if args.engine == "tensorrt" else args.repo
+                path, manifest = publish_fp16(fp32_dir, fp16_repo, args.model_name,
+                                              args.version if fp16_repo == args.repo else None,
                                               *captioner_check(gate_images))
+                if args.engine == "tensorrt":
+                    path, manifest = publish_tensorrt(path, args.repo, args.model_name, args.version,
+                                                      timing_cache=args.timing_cache)
             print("\n".join(island_summary(manifest)))
         else:
             path, manifest = export_captioner(

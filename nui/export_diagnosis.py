@@ -25,6 +25,8 @@ from engines.export_diagnosis import DEFAULT_ATOL, ParityError, export_diagnosis
 from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import diagnosis_check
 from engines.manifest import sha256_file
+from engines.tensorrt_build import publish_tensorrt
+from engines.tensorrt_engine import installed_tensorrt
 from models.diagnosis_dialog import (
     DiagnosisTables,
     DiseaseInfo,
@@ -64,12 +66,20 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype (engines.export_diagnosis)")
     p.add_argument("--dev-limit", type=int, default=2000, help="dev patients in the parity gate")
+    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                   help="tensorrt: a strongly typed TensorRT plan of the FP16 engine (implies --precision fp16; "
+                        "needs TensorRT and a CUDA GPU)")
+    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
     p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: FP16 graph with FP32 islands (engines/fp16.py), gated against the FP32 engine "
                         "(top-5 agreement, probabilities); --weights-dtype is then float32 for the FP32 step")
     args = p.parse_args(argv)
+    if args.engine == "tensorrt":
+        args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if args.engine == "tensorrt":
+            installed_tensorrt()  # fail before the export when TensorRT or the GPU is missing
         model, weights = load_model(args.checkpoint)
         kb = KnowledgeBase.load(args.data)
         if model.cfg.kb_fingerprint and model.cfg.kb_fingerprint != kb.fingerprint():
@@ -83,8 +93,13 @@ def export_main(argv: list[str] | None = None) -> int:
             with fp32_staging() as fp32_repo:
                 fp32_dir, _ = export_diagnosis(model, tables_from_kb(kb), fp32_repo, args.model_name,
                                                weights_dtype="float32", **common)
-                path, manifest = publish_fp16(fp32_dir, args.repo, args.model_name, args.version,
+                fp16_repo = fp32_repo / "fp16" if args.engine == "tensorrt" else args.repo
+                path, manifest = publish_fp16(fp32_dir, fp16_repo, args.model_name,
+                                              args.version if fp16_repo == args.repo else None,
                                               *diagnosis_check(*dev_inputs))
+                if args.engine == "tensorrt":
+                    path, manifest = publish_tensorrt(path, args.repo, args.model_name, args.version,
+                                                      timing_cache=args.timing_cache)
             print("\n".join(island_summary(manifest)))
         else:
             path, manifest = export_diagnosis(model, tables_from_kb(kb), args.repo, args.model_name, args.version,
