@@ -19,7 +19,9 @@ window after `--warmup-s`, latency percentiles are over requests started in it. 
 makes the exit status 1.
 
 Prints the table, writes the JSON (numbers, machine, model, exact command) to `--out` and a PNG of
-captions/s and p99 latency vs concurrency next to it. Default run: about 2 minutes; `--quick`: about 1.
+captions/s and p99 latency vs concurrency next to it. Each row also gives the server's CPU time per
+caption in the window (from /proc): on a machine shared with other work, wall-clock captions/s depend
+on what else runs, CPU ms per caption much less. Default run: about 2 minutes; `--quick`: about 1.
 The client shares the CPUs with the server: on a small machine its cost is part of the numbers.
 """
 
@@ -38,7 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import ModuleType
@@ -85,6 +87,7 @@ class Row:
     latency_samples: int  # OK requests started in the window
     p50_ms: float
     p99_ms: float
+    server_cpu_ms_per_caption: float  # server CPU time in the window / captions completed in it
     mean_decoder_steps: float
     errors: dict[str, int]  # non-OK status name -> count, whole run (warm-up and drain included)
     total_requests: int
@@ -126,11 +129,14 @@ def publish_random_model(preset: str, repo: Path, seed: int, vocab_size: int, im
 
 
 async def drive_load(address: str, requests: Sequence[caption_pb2.CaptionRequest], concurrency: int,
-                     warmup_s: float, duration_s: float, timeout_s: float, bar: tqdm | None = None
-                     ) -> tuple[list[tuple[float, float, str, int]], tuple[float, float]]:
+                     warmup_s: float, duration_s: float, timeout_s: float, bar: tqdm | None = None,
+                     cpu_s: Callable[[], float] | None = None
+                     ) -> tuple[list[tuple[float, float, str, int]], tuple[float, float], float]:
     """C workers send requests back to back for warmup_s + duration_s, then finish the ones in flight.
-    Returns (start, end, status name, decoder steps) per request and the measured window."""
+    Returns (start, end, status name, decoder steps) per request, the measured window, and the server CPU
+    seconds used in it (`cpu_s` sampled at both ends; NaN without it)."""
     records: list[tuple[float, float, str, int]] = []
+    window_cpu_s = float("nan")
     async with grpc.aio.insecure_channel(address) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = caption_pb2_grpc.CaptionerStub(channel)
@@ -152,12 +158,21 @@ async def drive_load(address: str, requests: Sequence[caption_pb2.CaptionRequest
                 if bar is not None:
                     speech_bench._show_progress(bar, len(records), time.perf_counter() - start)
 
-        await asyncio.gather(*(worker(i) for i in range(concurrency)))
-    return records, window
+        async def sample_cpu() -> None:
+            nonlocal window_cpu_s
+            if cpu_s is None:
+                return
+            await asyncio.sleep(max(0.0, window[0] - time.perf_counter()))
+            begin = cpu_s()
+            await asyncio.sleep(max(0.0, window[1] - time.perf_counter()))
+            window_cpu_s = cpu_s() - begin
+
+        await asyncio.gather(sample_cpu(), *(worker(i) for i in range(concurrency)))
+    return records, window, window_cpu_s
 
 
 def summarize(config: str, concurrency: int, records: list[tuple[float, float, str, int]],
-              window: tuple[float, float]) -> Row:
+              window: tuple[float, float], window_cpu_s: float = float("nan")) -> Row:
     """Throughput: OK requests completed in the window; latency: OK requests started in it."""
     t0, t1 = window
     completed = [r for r in records if r[2] == "OK" and t0 <= r[1] < t1]
@@ -166,7 +181,9 @@ def summarize(config: str, concurrency: int, records: list[tuple[float, float, s
     p50, p99 = np.percentile(latencies_ms, [50, 99]).tolist() if len(latencies_ms) else [float("nan")] * 2
     return Row(config=config, concurrency=concurrency, captions=len(completed), window_s=t1 - t0,
                captions_per_s=len(completed) / (t1 - t0), latency_samples=len(latencies_ms), p50_ms=float(p50),
-               p99_ms=float(p99), mean_decoder_steps=float(np.mean([r[3] for r in completed])) if completed else 0.0,
+               p99_ms=float(p99),
+               server_cpu_ms_per_caption=1e3 * window_cpu_s / len(completed) if completed else float("nan"),
+               mean_decoder_steps=float(np.mean([r[3] for r in completed])) if completed else 0.0,
                errors=dict(sorted(Counter(r[2] for r in records if r[2] != "OK").items())),
                total_requests=len(records))
 
@@ -183,9 +200,10 @@ def run(repo: Path, model: str, requests: Sequence[caption_pb2.CaptionRequest], 
                 total_s = args.warmup_s + args.duration_s
                 with tqdm(total=round(total_s, 1), desc=f"{setup.name}, C={concurrency}", unit="s", leave=False,
                           disable=None, bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s{postfix}") as bar:
-                    records, window = asyncio.run(drive_load(server.address, requests, concurrency, args.warmup_s,
-                                                             args.duration_s, args.request_timeout_s, bar))
-                row = summarize(setup.name, concurrency, records, window)
+                    records, window, cpu_s = asyncio.run(drive_load(
+                        server.address, requests, concurrency, args.warmup_s, args.duration_s,
+                        args.request_timeout_s, bar, server.cpu_s))
+                row = summarize(setup.name, concurrency, records, window, cpu_s)
                 rows.append(row)
                 logger.info("%s C=%d: %.2f captions/s, p99 %.0f ms, errors %s", row.config, concurrency,
                             row.captions_per_s, row.p99_ms, row.errors)
@@ -196,10 +214,12 @@ def run(repo: Path, model: str, requests: Sequence[caption_pb2.CaptionRequest], 
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    lines = [f"{'config':<14} {'C':>3} {'captions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'steps':>6} {'errors':>7}"]
+    lines = [f"{'config':<14} {'C':>3} {'captions/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU ms/cap':>10} "
+             f"{'steps':>6} {'errors':>7}"]
     for r in rows:
         lines.append(f"{r.config:<14} {r.concurrency:>3} {r.captions_per_s:>10.2f} {r.p50_ms:>8.0f} "
-                     f"{r.p99_ms:>8.0f} {r.mean_decoder_steps:>6.1f} {sum(r.errors.values()):>7}")
+                     f"{r.p99_ms:>8.0f} {r.server_cpu_ms_per_caption:>10.1f} {r.mean_decoder_steps:>6.1f} "
+                     f"{sum(r.errors.values()):>7}")
     return "\n".join(lines)
 
 
@@ -209,13 +229,14 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_tp, ax_lat) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax_tp, ax_lat, ax_cpu) = plt.subplots(1, 3, figsize=(14, 4))
     for name in dict.fromkeys(r.config for r in rows):
         mine = [r for r in rows if r.config == name]
         ax_tp.plot([r.concurrency for r in mine], [r.captions_per_s for r in mine], marker="o", label=name)
         ax_lat.plot([r.concurrency for r in mine], [r.p99_ms for r in mine], marker="o", label=name)
+        ax_cpu.plot([r.concurrency for r in mine], [r.server_cpu_ms_per_caption for r in mine], marker="o", label=name)
     concurrency = sorted({r.concurrency for r in rows})
-    for ax, ylabel in ((ax_tp, "captions / s"), (ax_lat, "p99 latency (ms)")):
+    for ax, ylabel in ((ax_tp, "captions / s"), (ax_lat, "p99 latency (ms)"), (ax_cpu, "server CPU ms / caption")):
         ax.set_xscale("log", base=2)
         ax.set_xticks(concurrency, [str(c) for c in concurrency])
         ax.set_xlabel("concurrent clients")
@@ -223,6 +244,7 @@ def plot(rows: Sequence[Row], path: Path, title: str) -> None:
         ax.grid(True, alpha=0.3)
         ax.legend()
     ax_tp.set_ylim(bottom=0)
+    ax_cpu.set_ylim(bottom=0)
     if any(r.p99_ms > 0 for r in rows):
         ax_lat.set_yscale("log")
     fig.suptitle(title)
@@ -296,8 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "captioner", "command": shlex.join(["python", "bench/captioner.py", *argv]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "elapsed_s": time.perf_counter() - started,
         "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-        "model": {"source": source, "name": manifest.model, "precision": manifest.precision, "config": manifest.config,
-                  "size_bytes": manifest.extras.get("size_bytes")},
+        "model": {"source": source, "repo": str(repo), "name": manifest.model, "precision": manifest.precision,
+                  "config": manifest.config, "size_bytes": manifest.extras.get("size_bytes"),
+                  "source_checkpoint_sha256": manifest.source_checkpoint_sha256},
         "settings": {k: v for k, v in vars(args).items() if k not in ("out", "repo")},
         "images": [{"name": n, "jpeg_bytes": len(d)} for n, d in images],
         "server_configs": servers, "rows": [asdict(r) for r in rows],

@@ -370,6 +370,12 @@ class ServerProcess:
                 buf += chunk
         return buf.split(b"\n", 1)[0].decode(errors="replace").strip()
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, all threads) the server has used so far: a measure of its work that
+        other processes on a shared machine do not inflate, unlike wall time."""
+        fields = Path(f"/proc/{self._proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def log_tail(self, n_chars: int = 2000) -> str:
         if not self._log.closed:
             self._log.flush()

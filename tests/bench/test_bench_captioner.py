@@ -35,10 +35,10 @@ def test_summarize_counts_completions_in_the_window_and_latency_of_requests_star
         (19.5, 21.0, "OK", 12),  # started in the window, finished after: latency, not throughput
         (13.0, 13.0, "RESOURCE_EXHAUSTED", 0),
     ]
-    row = bench.summarize("batching on", 4, records, (10.0, 20.0))
+    row = bench.summarize("batching on", 4, records, (10.0, 20.0), 0.6)
     assert row.captions == 3 and row.captions_per_s == pytest.approx(0.3)
     assert row.latency_samples == 3 and row.p50_ms == pytest.approx(300.0)
-    assert row.mean_decoder_steps == pytest.approx(10.0)
+    assert row.mean_decoder_steps == pytest.approx(10.0) and row.server_cpu_ms_per_caption == pytest.approx(200.0)
     assert row.errors == {"RESOURCE_EXHAUSTED": 1} and row.total_requests == 5
     assert "batching on" in bench.format_table([row])
 
