@@ -36,12 +36,12 @@ class Clip:
     peak_dbfs: float
 
 
-def _as_float_mono(samples: np.ndarray) -> np.ndarray:
+def as_float_mono(samples: np.ndarray) -> np.ndarray:
     x = np.asarray(samples)
+    if np.issubdtype(x.dtype, np.integer):  # before the downmix, which would turn it into floats
+        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
     if x.ndim == 2:  # (T, C) as Gradio and soundfile give it
         x = x.mean(axis=1) if x.shape[1] <= 8 else x.mean(axis=0)
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
     return x.astype(np.float32)
 
 
@@ -70,7 +70,7 @@ def prepare_audio(value: tuple[int, np.ndarray] | str | Path | None, max_duratio
             raise AudioProblem(f"Cannot read {path.name} as audio (WAV, FLAC or OGG expected).") from e
     else:
         rate, samples = value
-    x = _as_float_mono(samples)
+    x = as_float_mono(samples)
     if x.size == 0:
         raise AudioProblem("The recording is empty.")
     duration_s = len(x) / rate

@@ -20,19 +20,14 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from ui.audio import SILENCE_DBFS, AudioProblem, loudest_frame_dbfs, prepare_audio
+from ui.audio import SILENCE_DBFS, AudioProblem, as_float_mono, loudest_frame_dbfs, prepare_audio
 from ui.client import NuiClient, NuiError
 
 _END = b""
 
 
 def to_pcm16(samples: np.ndarray) -> bytes:
-    x = np.asarray(samples)
-    if x.ndim == 2:
-        x = x.mean(axis=1)
-    if np.issubdtype(x.dtype, np.integer):
-        x = x.astype(np.float32) / float(np.iinfo(x.dtype).max)
-    return (np.clip(x, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    return (np.clip(as_float_mono(samples), -1.0, 1.0) * 32767).astype("<i2").tobytes()
 
 
 class LiveSession:

@@ -109,10 +109,10 @@ class Stack:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ui.app import launch  # Gradio is heavy: import it after the arguments are known good
+    stack = Stack(args)
+    from ui.app import launch  # Gradio takes seconds to import: do it while the server loads its models
     from ui.context import AppContext
 
-    stack = Stack(args)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
