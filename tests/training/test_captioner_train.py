@@ -137,5 +137,6 @@ def test_two_process_training_and_eval(tmp_path: Path, scenes: Path) -> None:
                           "--beam-size", "2", "--photos"]) == 0
     result = json.loads(out.read_text())
     assert set(result["metrics"]) == {"greedy", "beam2"} and result["images"] == 4
+    assert 0.0 <= result["metrics"]["greedy"]["object_recall"] <= 1.0 and result["metrics"]["beam2"]["scenes"] == 4
     assert len(result["captions"]["beam2"]) == 4 and set(result["photos"]["1"]) >= {"coffee", "astronaut"}
     assert out.with_suffix(".png").is_file() and (out.parent / "test_photos.png").is_file()

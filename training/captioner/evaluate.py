@@ -3,7 +3,8 @@
     nui eval captioner --checkpoint runs/captioner_small --data data/captions --split test \
         --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos]
 
-Writes the JSON (metrics per decoder, every hypothesis with its references) and `<out stem>.png`, a grid
+Writes the JSON (metrics per decoder, every hypothesis with its references; on `nui data captions`
+scenes also how often the caption names each object and the background) and `<out stem>.png`, a grid
 of sample images with their greedy caption. `--photos` also captions scikit-image's real photographs
 (coffee, astronaut, chelsea the cat, rocket, ...), which the model has never seen, into the JSON and
 `<out stem>_photos.png`. Beam search is models/caption_beam.py (what the server runs) over the torch
@@ -29,6 +30,7 @@ from training.captioner.coco import CaptionedImage, read_coco
 from training.captioner.dataset import load_image
 from training.captioner.metrics import caption_scores, greedy_decode
 from training.captioner.model_io import load_model
+from training.captioner.sources import backgrounds
 
 logger = logging.getLogger(__name__)
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
@@ -56,6 +58,31 @@ def decode(model: Captioner, tokenizer: CaptionTokenizer, images: torch.Tensor, 
         hyps = beam_search(step, (state.numpy(), memory.numpy(), keys.numpy()), len(chunk), BOS, EOS, opts)
         out.extend(tokenizer.decode(h[0].tokens) for h in hyps)
     return out
+
+
+def scene_recall(coco_json: Path, items: list[CaptionedImage], hyps: list[str]) -> dict[str, float] | None:
+    """How often captions name what the scene holds (`nui data captions` metadata; None for other data):
+    object recall (each object's name, singular or plural, in the caption), images with every object
+    named, and images whose background phrase ("on grass") is in the caption."""
+    import inflect
+
+    meta = {im["id"]: im.get("nui") for im in json.loads(coco_json.read_text())["images"]}
+    phrases = {b.name: b.phrase for b in backgrounds()}
+    engine = inflect.engine()
+    named = total = all_named = bg_named = scenes = 0
+    for item, hyp in zip(items, hyps, strict=True):
+        m = meta.get(item.image_id)
+        if not m or m.get("kind") != "scene":
+            continue
+        text = f" {hyp} "
+        hits = [f" {o['name']} " in text or f" {engine.plural_noun(o['name'])} " in text for o in m["objects"]]
+        named, total, scenes = named + sum(hits), total + len(hits), scenes + 1
+        all_named += all(hits)
+        bg_named += f" {phrases.get(m['background'], m['background'])} " in text
+    if not scenes:
+        return None
+    return {"object_recall": named / total, "all_objects_named": all_named / scenes,
+            "background_named": bg_named / scenes, "scenes": float(scenes)}
 
 
 def sample_grid(path: Path, images: list[np.ndarray], titles: list[str], cols: int = 4) -> None:
@@ -93,7 +120,7 @@ def photo_images(size_px: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def evaluate(checkpoint: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool
+def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool
              ) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
     model, tokenizer, weights = load_model(checkpoint)
     images = torch.stack([load_image(it.path, model.cfg.image_size_px) for it in items])
@@ -104,6 +131,9 @@ def evaluate(checkpoint: Path, items: list[CaptionedImage], beam_sizes: list[int
         name = "greedy" if beam == 1 else f"beam{beam}"
         hyps = decode(model, tokenizer, images, beam)
         result["metrics"][name] = caption_scores(refs, hyps)
+        recall = scene_recall(coco_json, items, hyps)
+        if recall:
+            result["metrics"][name].update(recall)
         result["captions"][name] = hyps
         greedy = greedy or hyps
         logger.info("%s: BLEU-4 %.3f CIDEr %.3f", name, result["metrics"][name]["bleu4"],
@@ -132,14 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     try:
-        items = read_coco(args.data / f"captions_{args.split}.json")
+        coco_json = args.data / f"captions_{args.split}.json"
+        items = read_coco(coco_json)
         if args.beam_size < 1:
             raise ValueError("--beam-size must be >= 1")
     except ValueError as e:
         p.error(str(e))
     items = items[: args.limit] if args.limit else items
     beams = [1] if args.beam_size == 1 else [1, args.beam_size]
-    result, images, greedy = evaluate(args.checkpoint, items, beams, args.photos)
+    result, images, greedy = evaluate(args.checkpoint, coco_json, items, beams, args.photos)
     result["split"] = args.split
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -152,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         grid = [t.permute(1, 2, 0).numpy() for t in pics.values()]
         sample_grid(args.out.with_name(args.out.stem + "_photos.png"), grid, titles)
     for name, m in result["metrics"].items():
-        print(f"{args.split} {name}: BLEU-4 {m['bleu4']:.3f} CIDEr {m['cider']:.3f} ({int(m['n'])} images)")
+        named = (f"; objects named {100 * m['object_recall']:.1f}%, all objects {100 * m['all_objects_named']:.1f}%, "
+                 f"background {100 * m['background_named']:.1f}%" if "object_recall" in m else "")
+        print(f"{args.split} {name}: BLEU-4 {m['bleu4']:.3f} CIDEr {m['cider']:.3f} ({int(m['n'])} images){named}")
     if args.photos:
         for k, v in result["photos"][1].items():
             print(f"photo {k}: {v}")
