@@ -1,38 +1,44 @@
-"""Serving benchmark: the same ONNX speech model behind nui (batching on / off) and TorchServe, under load.
+"""Serving benchmark: one ONNX speech model behind nui (batching on / off), TorchServe and Triton, under load.
 
-    python bench/serving.py                                   # bundled model_repository/speech_ctc, ~5 min
-    python bench/serving.py --quick                           # 1 and 8 clients, 3 s windows, ~1.5 min
+    python bench/serving.py                                   # bundled model_repository/speech_ctc, ~8 min
+    python bench/serving.py --quick                           # 1 and 8 clients, 3 s windows, ~2 min
     python bench/serving.py --random-preset small --targets nui,torchserve --concurrency 8,32
 
-Targets (`--targets`, default all three; one that cannot run here is skipped with its reason):
+Targets (`--targets`, default all four; one that cannot run here is skipped and named in the JSON):
 - `nui`: `nui serve` with dynamic batching (`--max-batch-size 16 --max-queue-delay-ms 10`);
 - `nui-nobatch`: `nui serve --max-batch-size 1` (one request per engine run);
-- `torchserve`: TorchServe 0.12 (`pip install -e '.[bench]'`, Java 17) with its dynamic batching
-  (`batchSize` 16, `maxBatchDelay` 10 ms, one worker), running bench/torchserve/handler.py. The model
-  archive (`torch-model-archiver --archive-format no-archive`: the model version folder, the handler and a
-  model-config.yaml) is built in a temporary folder at start-up.
+- `torchserve`: TorchServe 0.12 (Java 17) with its dynamic batching (`batchSize` 16, `maxBatchDelay`
+  10 ms, one worker) running bench/torchserve/handler.py; the model folder is built at start-up with
+  `torch-model-archiver --archive-format no-archive` (version folder, handler, model-config.yaml);
+- `triton`: a real Triton Inference Server 2.51 (PyTriton 0.7.0, bench/triton/server.py) with its dynamic
+  batcher (max batch 16, 10 ms queue delay, one model instance); the batch reaches Python through
+  Triton's Python backend stub and PyTriton's proxy (IPC per batch, part of what is measured).
+`pip install -e '.[bench]'` installs TorchServe and PyTriton.
 
-What each side computes per request (the same work, with the same code): decode the 16-bit WAV bytes
+What each side computes per request (the same work, with nui's own code): decode the 16-bit WAV bytes
 (`server.audio`), validate and resample to the model rate (`SpeechCTCModel.prepare`), pad the batch to
 its longest clip, one ONNX Runtime run (`OnnxRuntimeEngine`, CPU), greedy CTC decoding of each valid
-slice with its confidence (`SpeechCTCModel.run_batch`). nui answers a `RecognizeResponse`, TorchServe
-a JSON string. Every server gets the same ONNX Runtime settings: `--intra-op-threads` (default: all
-cores, at most 4) intra-op threads, 1 inter-op thread, sequential execution, no spinning; each runs one
-batch at a time (nui's batcher, TorchServe's single worker). Before the load each target transcribes
-every clip once; the JSON records whether all targets returned the same transcripts.
+slice with its confidence (`SpeechCTCModel.run_batch`). nui answers a `RecognizeResponse`, TorchServe a
+JSON string, Triton BYTES/INT32 tensors. Every server gets the same ONNX Runtime settings:
+`--intra-op-threads` (default: all cores, at most 4) intra-op threads, 1 inter-op thread, sequential
+execution, no spinning; each runs one batch at a time. Before the load each target transcribes every
+clip once; `transcripts_match` in the JSON says whether all targets agreed.
 
-Load: this process (separate from every server) runs a `grpc.aio` client on 127.0.0.1: C workers
+Load: every target is started first and stays up (idle ones cost next to nothing); then for each C the
+targets are measured one after another, so on a shared machine they meet about the same background load.
+This process (separate from every server) runs a `grpc.aio` client on 127.0.0.1: C workers
 (`--concurrency`, default 1,8,32,64) send requests back to back, clips round-robin: nui's
-`Speech/Recognize` (DECODER_GREEDY), TorchServe's gRPC `InferenceAPIsService/Predictions` (the WAV
-bytes as input `data`; client stubs compiled at run time from bench/torchserve/inference.proto). Each
-run lasts `--warmup-s` + `--duration-s`, so request counts are bounded by time and by C in flight.
-Throughput counts the requests completed in the measured window, latency percentiles those started in
-it (bench/speech_ctc.py `summarize`); every non-OK status is counted and makes the exit status 1.
+`Speech/Recognize` (DECODER_GREEDY), TorchServe's gRPC `InferenceAPIsService/Predictions` (the WAV bytes
+as input `data`; stubs compiled at run time from bench/torchserve/inference.proto), Triton's KServe v2
+`ModelInfer` (tritonclient's generated stubs). Each run lasts `--warmup-s` + `--duration-s`, so request
+counts are bounded by time and by C in flight. Throughput counts the requests completed in the measured
+window, latency percentiles those started in it (bench/speech_ctc.py `summarize`); every non-OK status
+is counted and makes the exit status 1.
 
-Prints one table, writes `--out` JSON (every number, machine, load average before and after each
-target, exact command, each server's command and exit status) and a PNG of throughput and p99
-latency vs concurrency next to it. The client shares the CPUs with the servers: on a small machine its
-cost is part of the numbers (the same client cost for every target).
+Prints one table (with the mean batch size per engine run and the 1-minute load average at the start of
+each run), writes `--out` JSON (every number, machine, load average at start and end, exact command,
+each server's command and exit status) and a PNG of throughput and p99 latency vs concurrency next to
+it. The client shares the CPUs with the servers: on a small machine its cost is part of the numbers.
 """
 
 from __future__ import annotations
@@ -51,8 +57,10 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import time
 import urllib.error
@@ -64,6 +72,7 @@ from types import ModuleType
 from typing import Any
 
 import grpc
+import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +85,8 @@ logger = logging.getLogger("bench.serving")
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "serving.json"
 TORCHSERVE_DIR = ROOT / "bench" / "torchserve"
-TARGETS = ("nui", "nui-nobatch", "torchserve")
+TRITON_SERVER = ROOT / "bench" / "triton" / "server.py"
+TARGETS = ("nui", "nui-nobatch", "torchserve", "triton")
 
 
 def _speech_bench() -> ModuleType:
@@ -110,8 +120,20 @@ def setup_of(target: str, settings: Settings) -> Any:
     """The target as a bench/speech_ctc.py `ServerSetup` (its name labels the rows)."""
     label, batch = {"nui": ("nui, batching", settings.max_batch_size),
                     "nui-nobatch": ("nui, batching off", 1),
-                    "torchserve": ("TorchServe, batching", settings.max_batch_size)}[target]
+                    "torchserve": ("TorchServe, batching", settings.max_batch_size),
+                    "triton": ("Triton (PyTriton), batching", settings.max_batch_size)}[target]
     return speech_bench.ServerSetup(label, batch, float(settings.max_queue_delay_ms))
+
+
+def missing(target: str) -> str | None:
+    """Why `target` cannot run here, or None when it can."""
+    if target == "torchserve":
+        return torchserve_missing()
+    if target == "triton":
+        for module, package in (("pytriton", "nvidia-pytriton"), ("tritonclient", "tritonclient[grpc]")):
+            if importlib.util.find_spec(module) is None:
+                return f"{package} is not installed (pip install -e '.[bench]')"
+    return None
 
 
 def torchserve_missing() -> str | None:
@@ -303,6 +325,9 @@ async def client_for(target: str, server: Any, model: str, wavs: Sequence[bytes]
 
             yield Client(send_ts, lambda: (totals[0], totals[1]))
             return
+        if target == "triton":
+            yield triton_client(channel, model, wavs, timeout_s)
+            return
         stub = speech_pb2_grpc.SpeechStub(channel)
         config = speech_pb2.RecognitionConfig(decoder=speech_pb2.DECODER_GREEDY, model=model)
         requests = [speech_pb2.RecognizeRequest(config=config, audio=wav) for wav in wavs]
@@ -314,6 +339,29 @@ async def client_for(target: str, server: Any, model: str, wavs: Sequence[bytes]
         yield Client(send_nui, functools.partial(nui_batch_totals, server.metrics_address, model))
 
 
+def triton_client(channel: grpc.aio.Channel, model: str, wavs: Sequence[bytes], timeout_s: float) -> Client:
+    """KServe v2 `ModelInfer` with the WAV file as a BYTES tensor [1, 1] (raw, length-prefixed)."""
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    audio = service_pb2.ModelInferRequest.InferInputTensor(name="audio", datatype="BYTES", shape=[1, 1])
+    requests = [service_pb2.ModelInferRequest(model_name=model, inputs=[audio],
+                                              raw_input_contents=[struct.pack("<I", len(wav)) + wav])
+                for wav in wavs]
+    totals = [0.0, 0.0]
+
+    async def send(clip: int) -> str:
+        answer = await stub.ModelInfer(requests[clip], timeout=timeout_s)
+        raw = dict(zip((o.name for o in answer.outputs), answer.raw_output_contents, strict=True))
+        if raw["error"][4:]:
+            raise RuntimeError(f"Triton answered clip {clip} with {raw['error'][4:].decode()!r}")
+        totals[0] += 1.0 / int(np.frombuffer(raw["batch_size"], dtype="<i4")[0])
+        totals[1] += 1.0
+        return raw["transcript"][4:].decode()
+
+    return Client(send, lambda: (totals[0], totals[1]))
+
+
 @dataclass(frozen=True)
 class TargetRow:
     row: Any  # bench/speech_ctc.py ServerRow
@@ -321,39 +369,63 @@ class TargetRow:
     load_average_1m: float  # at the start of the run
 
 
-async def load_target(target: str, server: Any, model: str, clips: Sequence[Any], settings: Settings,
-                      workdir: Path) -> tuple[list[str], list[TargetRow]]:
-    """Each clip's transcript (one request at a time), then one closed-loop run per concurrency level."""
+async def measure(target: str, client: Client, clips: Sequence[Any], concurrency: int,
+                  settings: Settings) -> TargetRow:
+    """One closed-loop run of `concurrency` workers against one target."""
     setup = setup_of(target, settings)
-    async with client_for(target, server, model, [c.wav for c in clips], settings.request_timeout_s,
-                          workdir) as client:
-        transcripts = [await client.send(i) for i in range(len(clips))]
-        rows = []
-        for concurrency in settings.concurrency:
-            load_1m = os.getloadavg()[0]
-            runs0, items0 = await asyncio.to_thread(client.batch_totals)
-            total_s = settings.warmup_s + settings.duration_s
-            with tqdm(total=round(total_s, 1), desc=f"{setup.name}, C={concurrency}", unit="s", leave=False,
-                      disable=None, bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s{postfix}") as bar:
-                result = await speech_bench.closed_loop(
-                    client.send, [c.duration_s for c in clips], concurrency, settings.warmup_s,
-                    settings.duration_s, functools.partial(speech_bench._show_progress, bar))
-            runs1, items1 = await asyncio.to_thread(client.batch_totals)
-            row = speech_bench.summarize(setup, concurrency, result)
-            mean_batch = (items1 - items0) / (runs1 - runs0) if runs1 > runs0 else float("nan")
-            logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, %d errors", row.config,
-                        concurrency, row.req_per_s, row.p50_ms, row.p99_ms, mean_batch, row.error_count)
-            rows.append(TargetRow(row, mean_batch, load_1m))
-    return transcripts, rows
+    load_1m = os.getloadavg()[0]
+    runs0, items0 = await asyncio.to_thread(client.batch_totals)
+    total_s = settings.warmup_s + settings.duration_s
+    with tqdm(total=round(total_s, 1), desc=f"{setup.name}, C={concurrency}", unit="s", leave=False,
+              disable=None, bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s{postfix}") as bar:
+        result = await speech_bench.closed_loop(
+            client.send, [c.duration_s for c in clips], concurrency, settings.warmup_s, settings.duration_s,
+            functools.partial(speech_bench._show_progress, bar))
+    runs1, items1 = await asyncio.to_thread(client.batch_totals)
+    row = speech_bench.summarize(setup, concurrency, result)
+    mean_batch = (items1 - items0) / (runs1 - runs0) if runs1 > runs0 else float("nan")
+    logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, %d errors", row.config,
+                concurrency, row.req_per_s, row.p50_ms, row.p99_ms, mean_batch, row.error_count)
+    return TargetRow(row, mean_batch, load_1m)
+
+
+async def load_all(servers: dict[str, Any], model: str, clips: Sequence[Any], settings: Settings,
+                   workdir: Path) -> tuple[dict[str, list[str]], list[TargetRow]]:
+    """Each target's transcript of every clip (one request at a time), then for each concurrency level one
+    run per target, back to back: interleaved, so every target meets about the same background load."""
+    async with contextlib.AsyncExitStack() as stack:
+        clients = {t: await stack.enter_async_context(
+                       client_for(t, server, model, [c.wav for c in clips], settings.request_timeout_s, workdir))
+                   for t, server in servers.items()}
+        transcripts = {t: [await client.send(i) for i in range(len(clips))] for t, client in clients.items()}
+        rows = [await measure(t, client, clips, c, settings) for c in settings.concurrency
+                for t, client in clients.items()]
+    order = list(servers)
+    return transcripts, sorted(rows, key=lambda r: order.index(target_of(r.row.config, settings)))
+
+
+def target_of(label: str, settings: Settings) -> str:
+    return next(t for t in TARGETS if setup_of(t, settings).name == label)
 
 
 @contextlib.contextmanager
 def started(target: str, repo: Path, model: str, settings: Settings, workdir: Path) -> Iterator[Any]:
     """The target's server process (stopped on exit; its exit status lands in `.exit_code`)."""
     setup = setup_of(target, settings)
+    version_dir = max((d for d in (repo / model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
     if target == "torchserve":
-        version_dir = max((d for d in (repo / model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
         server: Any = TorchServeProcess(version_dir, model, setup, settings.intra_op_threads, workdir / target)
+    elif target == "triton":
+        # The Python backend stub loads the libpython LD_LIBRARY_PATH names first: this Python's.
+        libdir = str(sysconfig.get_config_var("LIBDIR"))
+        env = {**os.environ,
+               "LD_LIBRARY_PATH": os.pathsep.join(filter(None, [libdir, os.environ.get("LD_LIBRARY_PATH")]))}
+        command = [sys.executable, str(TRITON_SERVER), "--version-dir", str(version_dir), "--model", model,
+                   "--grpc-port", str(_free_port()), "--max-batch-size", str(setup.max_batch_size),
+                   "--max-queue-delay-ms", f"{setup.max_queue_delay_ms:g}",
+                   "--intra-op-threads", str(settings.intra_op_threads)]
+        server = speech_bench.ServerProcess(repo, setup, settings.intra_op_threads, workdir / f"{target}.log",
+                                            command=command, env=env)
     else:
         metrics_port = _free_port()  # batch sizes come from nui's own Prometheus histogram
         server = speech_bench.ServerProcess(repo, setup, settings.intra_op_threads, workdir / f"{target}.log",
@@ -369,18 +441,14 @@ def started(target: str, repo: Path, model: str, settings: Settings, workdir: Pa
 
 def run_targets(repo: Path, model: str, clips: Sequence[Any], settings: Settings,
                 workdir: Path) -> tuple[list[TargetRow], list[dict[str, Any]]]:
-    """Every target x concurrency: the rows, and per target its command, exit status, transcripts, load."""
-    rows: list[TargetRow] = []
-    servers: list[dict[str, Any]] = []
-    for target in settings.targets:
-        load_before = list(os.getloadavg())
-        with started(target, repo, model, settings, workdir) as server:
-            transcripts, mine = asyncio.run(load_target(target, server, model, clips, settings, workdir))
-        rows += mine
-        servers.append({"target": target, **asdict(setup_of(target, settings)), "command": shlex.join(server.command),
-                        "exit_code": server.exit_code, "transcripts": transcripts,
-                        "load_average_before": load_before, "load_average_after": list(os.getloadavg())})
-    return rows, servers
+    """Every target up at once, every concurrency level on each: the rows (by target, then C), and per
+    target its command, exit status and transcripts."""
+    with contextlib.ExitStack() as stack:
+        servers = {t: stack.enter_context(started(t, repo, model, settings, workdir)) for t in settings.targets}
+        logger.info("all servers ready: %s", ", ".join(settings.targets))
+        transcripts, rows = asyncio.run(load_all(servers, model, clips, settings, workdir))
+    return rows, [{"target": t, **asdict(setup_of(t, settings)), "command": shlex.join(server.command),
+                   "exit_code": server.exit_code, "transcripts": transcripts[t]} for t, server in servers.items()]
 
 
 def format_table(rows: Sequence[TargetRow]) -> str:
@@ -464,11 +532,11 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     try:
         settings = settings_from_args(args)
-        if "torchserve" in settings.targets and (why := torchserve_missing()) is not None:
-            logger.warning("skipping TorchServe: %s", why)
-            skipped["torchserve"] = why
-            settings = Settings(**{**asdict(settings),
-                                   "targets": tuple(t for t in settings.targets if t != "torchserve")})
+        for target in settings.targets:
+            if (why := missing(target)) is not None:
+                logger.warning("skipping %s: %s", target, why)
+                skipped[target] = why
+        settings = Settings(**{**asdict(settings), "targets": tuple(t for t in settings.targets if t not in skipped)})
         if not settings.targets:
             raise ValueError(f"no target can run here: {skipped}")
         started_at = time.perf_counter()

@@ -331,15 +331,18 @@ class ServerProcess:
     """`python -m nui serve` on 127.0.0.1, port 0; the address is read from its `listening on` line."""
 
     def __init__(self, repo: Path, config: ServerSetup, intra_op_threads: int, log_path: Path,
-                 start_timeout_s: float = 120.0, extra_args: Sequence[str] = ()) -> None:
-        self.command = [sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--host", "127.0.0.1",
-                        "--port", "0", "--max-batch-size", str(config.max_batch_size),
-                        "--max-queue-delay-ms", f"{config.max_queue_delay_ms:g}",
-                        "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING", *extra_args]
+                 start_timeout_s: float = 120.0, extra_args: Sequence[str] = (),
+                 command: Sequence[str] | None = None, env: dict[str, str] | None = None) -> None:
+        """`command` replaces `nui serve` with a peer server that prints the same `listening on` line."""
+        self.command = list(command) if command is not None else [
+            sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--host", "127.0.0.1",
+            "--port", "0", "--max-batch-size", str(config.max_batch_size),
+            "--max-queue-delay-ms", f"{config.max_queue_delay_ms:g}",
+            "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING", *extra_args]
         self._log_path = log_path
         self._log = log_path.open("wb")
         self._proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                      stderr=self._log)
+                                      stderr=self._log, env=env)
         try:
             line = self._read_line(start_timeout_s)
             if not line.startswith("listening on "):
