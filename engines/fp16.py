@@ -133,7 +133,7 @@ def convert_graph(src: Path, dst: Path, plan: Fp16Plan) -> tuple[int, dict[str, 
 
 
 def _drop_round_trips(model: onnx.ModelProto) -> int:
-    """Remove Cast(FP32->FP16) -> Cast(FP16->FP32) pairs; returns how many FP16 tensors were bypassed.
+    """Remove Cast(FP32->FP16) -> Cast(FP16->FP32) round trips; returns how many Cast nodes were removed.
 
     The converter casts every blocked node's output to FP16 and back in front of the next blocked node,
     so without this pass an "island" would still round each intermediate (x - mean, the variance, ...)

@@ -6,6 +6,7 @@
     nui train speech --nproc 2 --recipe training/speech_ctc/recipes/small.yaml [key=value ...]
     nui eval speech --checkpoint RUN_OR_CKPT --manifest data/speech/test.jsonl --lm-dir data/speech/lm
     nui export speech --checkpoint RUN_OR_CKPT --repo model_repository [--dev-manifest ...] [--lm-dir ...]
+    nui eval speech-fp16 --checkpoint RUN_OR_CKPT --manifest data/speech/dev.jsonl [--limit 40]
     nui up [--port 50051] [--app-port 7860]      server + web app (voice, symptoms, images, status)
     nui listen [--server host:port] [--device N]  live microphone transcription in the terminal
     nui serve [--repo model_repository] [--port 50051]
@@ -45,6 +46,7 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("eval", "captioner"): "training.captioner.evaluate:main",
     ("eval", "speech"): "training.speech_ctc.evaluate:main",
     ("eval", "diagnosis"): "training.diagnosis.evaluate:main",
+    ("eval", "speech-fp16"): "training.speech_ctc.fp16_eval:main",
     ("export", "speech"): "nui.export:main",
     ("export", "diagnosis"): "nui.export_diagnosis:export_main",
     ("export", "captioner"): "nui.export_captioner:main",
