@@ -33,7 +33,7 @@ from training.captioner.model_io import load_model
 from training.captioner.sources import backgrounds
 
 logger = logging.getLogger(__name__)
-PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "cat", "hubble_deep_field", "immunohistochemistry",
+PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "colorwheel", "logo")
 
 
