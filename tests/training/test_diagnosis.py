@@ -325,6 +325,24 @@ def test_make_batch_turns_a_share_into_dialog_states(tiny_data: Path, tiny_kb: K
     assert ((b.evidence.numpy() != 0).sum(axis=1) <= 3 + 4).all()
 
 
+def test_naive_bayes_init_makes_the_untrained_model_naive_bayes() -> None:
+    import torch
+
+    from models.diagnosis import DiagnosisConfig, build
+    from models.diagnosis_dialog import answer_model, kb_posterior
+    from training.diagnosis.train import init_naive_bayes
+
+    rng = np.random.default_rng(0)
+    prob = np.where(rng.random((6, 20)) < 0.3, rng.uniform(0.05, 0.95, (6, 20)), 0.0).astype(np.float32)
+    model = build(DiagnosisConfig(n_symptoms=20, n_diseases=6, hidden=8, n_blocks=1, dropout=0.0)).eval()
+    init_naive_bayes(model, prob)
+    evidence = rng.choice([-1.0, 0.0, 0.0, 1.0], size=(16, 20)).astype(np.float32)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.from_numpy(evidence), torch.full((16,), 30.0),
+                                    torch.ones(16, dtype=torch.int64)), dim=-1).numpy()
+    np.testing.assert_allclose(probs, kb_posterior(evidence, answer_model(prob)), atol=1e-5)
+
+
 # ---- metrics and the baseline ----------------------------------------------------------------------
 
 def test_topk_ece_and_temperature() -> None:

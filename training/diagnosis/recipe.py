@@ -14,6 +14,10 @@ from training.common.optim import OptimSection
 class ModelSection:
     preset: str = "small"  # a name in models.diagnosis.PRESETS
     overrides: dict[str, Any] = field(default_factory=dict)  # DiagnosisConfig fields to change
+    # "naive_bayes": start the wide path at the knowledge base's naive-Bayes log-likelihoods (present
+    # channel log q, absent channel log(1 - q), q floored as the dialog floors it) and the MLP's output
+    # layer at zero, so training starts from naive Bayes and learns corrections; "zeros": the model's own init
+    init_wide: Literal["zeros", "naive_bayes"] = "zeros"
 
     def build_config(self, n_symptoms: int, n_diseases: int, kb_fingerprint: str = "") -> DiagnosisConfig:
         """The preset with the overrides, sized for a knowledge base (its sizes always win)."""

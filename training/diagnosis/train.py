@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from models.diagnosis import DiagnosisModel, build
+from models.diagnosis_dialog import answer_model
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
 from training.common.launch import log_train_step, recipe_main
@@ -76,6 +77,19 @@ def calibrate(model: DiagnosisModel, dev: Patients, device: torch.device) -> dic
             "dev_nll_before": nll(logits, targets), "dev_nll_fitted": nll(logits / fitted, targets)}
 
 
+@torch.no_grad()
+def init_naive_bayes(model: DiagnosisModel, probabilities: np.ndarray) -> None:
+    """Wide path = naive Bayes over the KB table (answers as models.diagnosis_dialog floors them), MLP
+    output = 0: the untrained model ranks like naive Bayes, training learns what it misses. A resumed run
+    overwrites this with its checkpoint."""
+    if model.wide is None:
+        raise ValueError("model.init_wide=naive_bayes needs a model with the wide path (wide: true)")
+    q = torch.from_numpy(answer_model(probabilities).q).float()  # (D, S)
+    model.wide.weight.copy_(torch.cat([q.log(), torch.log1p(-q)], dim=1))  # (D, 2 S): [present | absent]
+    torch.nn.init.zeros_(model.classifier.weight)
+    torch.nn.init.zeros_(model.classifier.bias)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) training; returns the run folder."""
     info = distributed.init_distributed(cfg.run.device)
@@ -87,7 +101,10 @@ def train(cfg: TrainConfig) -> Path:
     dev_p = load_split(data_dir, "dev", kb, cfg.data.dev_limit)
     questions = QuestionTable.from_probabilities(kb.probability_matrix()) if cfg.masking.dialog_share > 0 else None
     model_cfg = cfg.model.build_config(kb.n_symptoms, kb.n_diseases, kb.fingerprint())
-    model = build(model_cfg).to(info.device)
+    model = build(model_cfg)
+    if cfg.model.init_wide == "naive_bayes":
+        init_naive_bayes(model, kb.probability_matrix())
+    model = model.to(info.device)
     optimizer = make_optimizer(model, cfg.optim)
     amp_mode = amp.resolve_amp(cfg.run.amp, info.device)
     scaler = amp.make_scaler(amp_mode, info.device)
