@@ -63,6 +63,30 @@ def speak_last(ctx: AppContext, chat: Chat | None) -> Audio:
     return ctx.speak(message_text(said[-1]).replace("%", " percent")) if said else None
 
 
+def live_chunk(ctx: AppContext, chunk: Audio, session: LiveSession | None) -> tuple[str, LiveSession | None]:
+    """One streamed microphone chunk: into the session's StreamingRecognize call; the interim transcript."""
+    if chunk is None:
+        return (session.interim if session else ""), session
+    rate, samples = chunk
+    if session is None or session.sample_rate_hz != rate:
+        session = LiveSession(ctx.client, rate, streaming=True)
+    session.feed(samples)
+    return session.interim, session
+
+
+def live_stop(ctx: AppContext, session: LiveSession | None, chat: Chat | None, state: DialogState
+              ) -> tuple[str, Chat, DialogState, None]:
+    """The person stopped: close the stream, answer its final transcript, forget the session."""
+    if session is None:
+        return "", _said(chat, "(audio)", "No audio arrived from the microphone."), state, None
+    try:
+        text = session.finish()
+    except (AudioProblem, NuiError) as e:
+        message = str(e) if isinstance(e, AudioProblem) else f"Sorry: {e.message}"
+        return "", _said(chat, "(audio)", message), state, None
+    return (text, *answer(ctx, text, chat, state), None)
+
+
 def build(ctx: AppContext) -> None:
     state = gr.State(DialogState())
     live = gr.State(None)
@@ -120,26 +144,12 @@ def build(ctx: AppContext) -> None:
             speak, [chat], [voice], api_visibility="private")
         return
 
-    def live_chunk(chunk: Audio, session: LiveSession | None) -> tuple[str, LiveSession | None]:
-        if chunk is None:
-            return (session.interim if session else ""), session
-        rate, samples = chunk
-        if session is None or session.sample_rate_hz != rate:
-            session = LiveSession(ctx.client, rate, streaming=True)
-        session.feed(samples)
-        return session.interim, session
+    def chunk_in(chunk: Audio, session: LiveSession | None) -> tuple[str, LiveSession | None]:
+        return live_chunk(ctx, chunk, session)
 
-    def live_stop(session: LiveSession | None, c: Chat | None, s: DialogState
-                  ) -> tuple[str, Chat, DialogState, None]:
-        if session is None:
-            return "", _said(c, "(audio)", "No audio arrived from the microphone."), s, None
-        try:
-            text = session.finish()
-        except (AudioProblem, NuiError) as e:
-            message = str(e) if isinstance(e, AudioProblem) else f"Sorry: {e.message}"
-            return "", _said(c, "(audio)", message), s, None
-        return (text, *answer(ctx, text, c, s), None)
+    def stop(session: LiveSession | None, c: Chat | None, s: DialogState) -> tuple[str, Chat, DialogState, None]:
+        return live_stop(ctx, session, c, s)
 
-    mic.stream(live_chunk, [mic, live], [heard, live], stream_every=0.5, api_name="live_chunk")
-    mic.stop_recording(live_stop, [live, chat, state], [heard, chat, state, live], api_name="live_stop").then(
+    mic.stream(chunk_in, [mic, live], [heard, live], stream_every=0.5, api_name="live_chunk")
+    mic.stop_recording(stop, [live, chat, state], [heard, chat, state, live], api_name="live_stop").then(
         speak, [chat], [voice], api_visibility="private")

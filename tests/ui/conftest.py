@@ -132,3 +132,20 @@ def say(text: str, out: Path, voice: str = "en-us+m3") -> Path:
         pytest.skip("espeak-ng is not installed (bash scripts/setup.sh installs it)")
     subprocess.run(["espeak-ng", "-v", voice, "-s", "150", "-w", str(out), text], check=True)
     return out
+
+
+@pytest.fixture(scope="session")
+def streaming_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A server with the bundled offline model and a tiny streaming model (random weights, 120 ms chunks):
+    the streaming paths run end to end, though its transcripts are noise."""
+    torch = pytest.importorskip("torch")
+    from engines.export_speech_streaming import export_speech_ctc_streaming
+    from models.speech_ctc import build, get_preset
+
+    repo = tmp_path_factory.mktemp("ui_streaming_repository")
+    shutil.copytree(BUNDLED / "speech_ctc", repo / "speech_ctc")
+    torch.manual_seed(0)
+    export_speech_ctc_streaming(build(get_preset("tiny-streaming")).eval(), repo, version=1, chunk_ms=120)
+    s = ServerProcess(repo)
+    yield s
+    s.stop()
