@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from engines.export_speech import DEFAULT_ATOL, ParityError, export_speech_ctc, noise_clips
+from engines.export_speech import DEFAULT_ATOL, FP16_WEIGHTS_ATOL, ParityError, export_speech_ctc, noise_clips
 from engines.export_speech_streaming import DEFAULT_CHUNK_MS, export_speech_ctc_streaming
 from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import speech_check
@@ -58,9 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-weights", action="store_true",
                    help="also publish the weights as FP16 safetensors (weights.fp16.safetensors), for fine-tuning")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) and gate it "
-                        "on the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)")
+    p.add_argument("--precision", choices=["fp32", "fp16-weights", "fp16"], default="fp32",
+                   help="fp16-weights: FP32 arithmetic, weights stored as FP16 (half the file; the bundled CPU "
+                        "engine). fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) "
+                        "and gate it on the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)")
     p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                    help="tensorrt: build a strongly typed TensorRT plan from the FP16 engine (implies --precision "
                         "fp16; needs TensorRT and a CUDA GPU; engines/tensorrt_build.py)")
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       timing_cache=args.timing_cache, refit=args.refit)
             print("\n".join(island_summary(manifest)))
         else:
+            if args.precision == "fp16-weights":
+                common.update(weights_dtype="float16", atol=max(args.atol, FP16_WEIGHTS_ATOL))
             path, manifest = export_speech_ctc(model, args.repo, args.model_name or "speech_ctc", args.version,
                                                **common)
     except (OSError, ValueError, ParityError, Fp16GateError) as e:

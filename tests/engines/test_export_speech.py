@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
@@ -45,3 +47,21 @@ def test_gate_refuses_an_engine_that_disagrees_with_torch(tmp_path: Path, monkey
         export_speech_ctc(_tiny(0), tmp_path / "repo")
     assert model_versions(tmp_path / "repo", "speech_ctc") == []
     assert not list((tmp_path / "repo" / "speech_ctc").iterdir()), "nothing left behind"
+
+
+def test_fp16_weight_storage_halves_the_file_and_keeps_transcripts(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build(dataclasses.replace(get_preset("tiny"), rnn_hidden=32)).eval()  # GRU matrices > 1024 values
+    fp32, _ = export_speech_ctc(model, tmp_path / "repo")
+    fp16, manifest = export_speech_ctc(model, tmp_path / "repo", weights_dtype="float16",
+                                       atol=export_speech.FP16_WEIGHTS_ATOL)
+    assert manifest.precision == "fp16-weights" and manifest.parity["passed"]
+    assert manifest.parity["transcripts_equal"] == manifest.parity["clips"]
+    def fp16_initializers(path: Path) -> int:
+        graph = onnx.load(str(path / "model.onnx")).graph
+        return sum(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer)
+
+    assert fp16_initializers(fp32) == 0 and fp16_initializers(fp16) > 0  # the GRU matrices
+    assert (fp16 / "model.onnx").stat().st_size < (fp32 / "model.onnx").stat().st_size
+    with pytest.raises(ValueError, match="weights_dtype"):
+        export_speech_ctc(_tiny(0), tmp_path / "repo", weights_dtype="int8")
