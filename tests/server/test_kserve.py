@@ -19,6 +19,7 @@ from tritonclient.grpc.aio import InferenceServerClient  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 from engines.engine import OnnxRuntimeEngine  # noqa: E402
+from engines.manifest import model_versions  # noqa: E402
 from proto import kserve_pb2, speech_pb2, speech_pb2_grpc  # noqa: E402
 from server.repository import default_repo, load_models  # noqa: E402
 from server.tensor_batch import SharedRunEngine  # noqa: E402
@@ -45,7 +46,7 @@ def triton_inputs(audio: np.ndarray, lengths: np.ndarray) -> list[InferInput]:
 
 def direct(repo: Path, audio: np.ndarray, lengths: np.ndarray) -> dict[str, np.ndarray]:
     """ONNX Runtime on the same model files, no server."""
-    engine = OnnxRuntimeEngine(repo / "speech_ctc" / "1", intra_op_threads=1)
+    engine = OnnxRuntimeEngine(repo / "speech_ctc" / str(max(model_versions(repo, "speech_ctc"))), intra_op_threads=1)
     return engine.run({"audio": audio, "audio_lengths": lengths})
 
 
