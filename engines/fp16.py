@@ -52,6 +52,10 @@ from engines.manifest import Manifest, file_digests, read_manifest, staged_versi
 logger = logging.getLogger(__name__)
 
 PRECISION = "fp16"
+# Engines with FP32 arithmetic an FP16 engine is converted from and gated against. "fp16-weights" graphs
+# (engines/onnx_weights.py) hold FP16 initializers behind Casts to FP32; the converter retargets those
+# Casts to FP16, and their weights are already FP16-rounded, so nothing else changes.
+SOURCE_PRECISIONS = ("fp32", "fp16-weights")
 # Ops FP16 breaks in every model: exponentials and sums whose range or accumulated rounding FP16 cannot hold.
 FP32_OPS = ("Softmax", "LogSoftmax", "LayerNormalization", "BatchNormalization", "InstanceNormalization",
             "GroupNormalization", "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp",
@@ -222,11 +226,12 @@ def publish_fp16(src_dir: Path, repo: Path, model_name: str, version: int | None
     """Convert the FP32 version in `src_dir` to FP16, run `gate` against it, publish `<repo>/<model_name>/<version>`.
 
     Raises Fp16GateError (publishing nothing) when the gate fails, ValueError when `src_dir` is not an
-    FP32 engine.
+    engine with FP32 arithmetic (SOURCE_PRECISIONS).
     """
     src = read_manifest(src_dir)
-    if src.precision != "fp32":
-        raise ValueError(f"{src_dir}: FP16 conversion starts from an fp32 engine, this one is {src.precision!r}")
+    if src.precision not in SOURCE_PRECISIONS:
+        raise ValueError(f"{src_dir}: FP16 conversion starts from an engine with FP32 arithmetic "
+                         f"{SOURCE_PRECISIONS}, this one is {src.precision!r}")
     plan = plan or PLANS.get(src.task, Fp16Plan())
     with staged_version(repo, model_name, version) as (tmp, final):
         graphs = []

@@ -92,7 +92,13 @@ def activation_counts(model_path: Path, feeds: Iterable[dict[str, np.ndarray]], 
                       n_batches: int | None = None) -> dict[str, MagnitudeCounts]:
     """{"fp16": ..., "fp32_islands": ...}: every float tensor the graph computes over all `feeds`."""
     model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
-    float_vi = [v for v in model.graph.value_info if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT]
+    # Tensors computed from weights alone (an FP16-stored weight's Cast to FP32) are weights, not activations.
+    constant = {i.name for i in model.graph.initializer}
+    for n in model.graph.node:
+        if all(i in constant for i in n.input if i):
+            constant.update(n.output)
+    float_vi = [v for v in model.graph.value_info
+                if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and v.name not in constant]
     islands = _island_tensors(model, plan)
     model.graph.output.extend(float_vi)
     opts = ort.SessionOptions()

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from engines.engine import graph_specs
-from engines.fp16 import PLANS, Fp16Plan, fp32_staging, island_summary, publish_fp16
+from engines.fp16 import PLANS, SOURCE_PRECISIONS, Fp16Plan, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import Check, captioner_check, diagnosis_check, speech_check
 from engines.manifest import read_manifest, version_dir
 from engines.precision import (
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = weight_counts(onnx.load(str(folder / onnx_file)))
         acts = activation_counts(folder / onnx_file, feeds, plan, n_batches=len(feeds))
         deltas: dict[str, Any] = {}
-        if manifest.precision == "fp32":
+        if manifest.precision in SOURCE_PRECISIONS:
             measured: dict[str, Any] = {}
 
             def measure(fp32_dir: Path, fp16_dir: Path) -> dict[str, Any]:
@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 _, fp16 = publish_fp16(folder, tmp, args.model, None, measure, example_feeds, plan)
                 deltas = {"fp16_vs_fp32": measured, "fp16": fp16.extras["fp16"], "islands": island_summary(fp16)}
         else:
-            deltas = {"skipped": f"version precision is {manifest.precision!r}; FP16 deltas need an fp32 version"}
+            deltas = {"skipped": f"version precision is {manifest.precision!r}; FP16 deltas need one of "
+                                 f"{SOURCE_PRECISIONS}"}
     except (OSError, ValueError) as e:
         print(f"nui precision: {e}", file=sys.stderr)
         return 1

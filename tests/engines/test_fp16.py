@@ -86,12 +86,15 @@ def test_failed_fp16_gate_publishes_nothing(speech_fp32: Path, tmp_path: Path) -
     assert model_versions(tmp_path / "repo", "speech_ctc") == []
 
 
-def test_refuses_a_source_that_is_not_fp32(tmp_path: Path) -> None:
+def test_converts_an_fp16_weights_source_and_refuses_an_fp16_one(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_diagnosis(diagnosis_preset("tiny")).eval()
     src, _ = export_diagnosis(model, tiny_tables(), tmp_path / "src", weights_dtype="float16")
-    with pytest.raises(ValueError, match="starts from an fp32 engine"):
-        publish_fp16(src, tmp_path / "repo", "diagnosis", None, *diagnosis_check(*random_evidence(8, 1)))
+    dev = random_evidence(64, model.cfg.n_symptoms, seed=2)
+    path, manifest = publish_fp16(src, tmp_path / "repo", "diagnosis", None, *diagnosis_check(*dev))
+    assert manifest.precision == "fp16" and manifest.parity["fp16_vs_fp32"]["passed"]
+    with pytest.raises(ValueError, match="starts from an engine with FP32 arithmetic"):
+        publish_fp16(path, tmp_path / "repo", "diagnosis", None, *diagnosis_check(*dev))
 
 
 def test_diagnosis_fp16_top5_gate(tmp_path: Path) -> None:
