@@ -1,6 +1,6 @@
 """Greedy WER of a speech checkpoint with FP16 *arithmetic* (torch FP16 conv/GRU/linear, FP32 islands) vs FP32.
 
-    nice -n 10 nui eval speech-fp16 --checkpoint model_repository/speech_ctc/1/weights.fp16.safetensors \
+    nice -n 10 nui eval speech-fp16 --checkpoint runs/speech_small_ft \
         --manifest data/speech/dev.jsonl --limit 40 [--out docs/speech_ctc/precision/fp16_arith.json]
 
 Complements the FP16 engine gate (engines/fp16.py), which on ONNX Runtime's CPU provider measures FP16
