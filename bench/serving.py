@@ -25,7 +25,8 @@ execution, no spinning; each runs one batch at a time. Before the load each targ
 clip once; `transcripts_match` in the JSON says whether all targets agreed.
 
 Load: every target is started first and stays up (idle ones cost next to nothing); then for each C the
-targets are measured one after another, so on a shared machine they meet about the same background load.
+targets are measured one after another (in reverse order at every other level), so on a shared machine
+they meet about the same background load.
 This process (separate from every server) runs a `grpc.aio` client on 127.0.0.1: C workers
 (`--concurrency`, default 1,8,32,64) send requests back to back, clips round-robin: nui's
 `Speech/Recognize` (DECODER_GREEDY), TorchServe's gRPC `InferenceAPIsService/Predictions` (the WAV bytes
@@ -392,14 +393,18 @@ async def measure(target: str, client: Client, clips: Sequence[Any], concurrency
 async def load_all(servers: dict[str, Any], model: str, clips: Sequence[Any], settings: Settings,
                    workdir: Path) -> tuple[dict[str, list[str]], list[TargetRow]]:
     """Each target's transcript of every clip (one request at a time), then for each concurrency level one
-    run per target, back to back: interleaved, so every target meets about the same background load."""
+    run per target, back to back (order reversed at every other level): interleaved, so every target meets
+    about the same background load."""
     async with contextlib.AsyncExitStack() as stack:
         clients = {t: await stack.enter_async_context(
                        client_for(t, server, model, [c.wav for c in clips], settings.request_timeout_s, workdir))
                    for t, server in servers.items()}
         transcripts = {t: [await client.send(i) for i in range(len(clips))] for t, client in clients.items()}
-        rows = [await measure(t, client, clips, c, settings) for c in settings.concurrency
-                for t, client in clients.items()]
+        rows = []
+        for level, c in enumerate(settings.concurrency):
+            # Alternate the order, so a trend in the background load does not always favour the same target.
+            turn = list(clients.items()) if level % 2 == 0 else list(reversed(clients.items()))
+            rows += [await measure(t, client, clips, c, settings) for t, client in turn]
     order = list(servers)
     return transcripts, sorted(rows, key=lambda r: order.index(target_of(r.row.config, settings)))
 
@@ -573,7 +578,7 @@ def main(argv: list[str] | None = None) -> int:
     png.parent.mkdir(parents=True, exist_ok=True)
     try:
         speech_bench.plot([t.row for t in rows], png,
-                          f"{source.model} ({source.source}): one ONNX model, three servers; "
+                          f"{source.model} ({source.source}): one ONNX model, {len(servers)} servers; "
                           f"{machine['cpus_usable']} CPUs, {settings.intra_op_threads} ORT threads")
         report["plot"] = str(png)
     except ImportError:
