@@ -417,7 +417,7 @@ def target_of(label: str, settings: Settings) -> str:
 def started(target: str, repo: Path, model: str, settings: Settings, workdir: Path) -> Iterator[Any]:
     """The target's server process (stopped on exit; its exit status lands in `.exit_code`)."""
     setup = setup_of(target, settings)
-    version_dir = max((d for d in (repo / model).iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+    version_dir = latest_version_dir(repo, model)
     if target == "torchserve":
         server: Any = TorchServeProcess(version_dir, model, setup, settings.intra_op_threads, workdir / target)
     elif target == "triton":
@@ -467,6 +467,14 @@ def format_table(rows: Sequence[TargetRow]) -> str:
                      f"{r.p50_ms:>7.0f} {r.p99_ms:>7.0f} {t.mean_batch_size:>6.1f} "
                      f"{f'{r.error_count} ({r.resource_exhausted})':>7} {t.load_average_1m:>5.1f}")
     return "\n".join(lines)
+
+
+def latest_version_dir(repo: Path, model: str) -> Path:
+    """The model's highest version folder: what `nui serve` serves, and what the peers are given."""
+    versions = [d for d in (repo / model).iterdir() if d.name.isdigit()]
+    if not versions:
+        raise ValueError(f"{repo / model} has no version folder")
+    return max(versions, key=lambda d: int(d.name))
 
 
 def single_model_repo(source: Path, model: str, tmp: Path) -> Path:
@@ -548,8 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         machine = speech_bench.machine_info()
         with speech_bench.model_source(args, settings.seed) as source, \
                 tempfile.TemporaryDirectory(prefix="nui-bench-serving-") as tmp:
-            manifest = json.loads((max((d for d in (source.repo / source.model).iterdir() if d.name.isdigit()),
-                                       key=lambda d: int(d.name)) / "manifest.json").read_text())
+            version_dir = latest_version_dir(source.repo, source.model)
+            manifest = json.loads((version_dir / "manifest.json").read_text())
             clips = speech_bench.make_clips(settings.clips, settings.seed)
             logger.info("synthesized %d clips, %.1f s of audio", len(clips), sum(c.duration_s for c in clips))
             repo = single_model_repo(source.repo, source.model, Path(tmp))
@@ -563,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "serving", "command": command, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "elapsed_s": time.perf_counter() - started_at,
         "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-        "model": {"repo": str(source.repo), "name": source.model, "source": source.source,
-                  "config": manifest["config"], "precision": manifest.get("precision")},
+        "model": {"repo": str(source.repo), "name": source.model, "version": int(version_dir.name),
+                  "source": source.source, "config": manifest["config"], "precision": manifest.get("precision")},
         "settings": asdict(settings), "skipped": skipped,
         "onnxruntime_settings": {"intra_op_num_threads": settings.intra_op_threads, "inter_op_num_threads": 1,
                                  "execution_mode": "sequential", "allow_spinning": 0, "provider": "CPU"},
