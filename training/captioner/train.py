@@ -38,7 +38,7 @@ from training.common.config import to_dict
 from training.common.launch import recipe_main
 from training.common.loop import LoopSettings, run_epochs, shuffled_batches
 from training.common.optim import make_optimizer
-from training.common.plots import plot_curves
+from training.common.plots import write_report
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def train(cfg: TrainConfig) -> Path:
             writer.add_scalar("val/cider", metrics["cider"], state.step)
         if state.best_score is None or metrics["cider"] > state.best_score:
             state.best_score = metrics["cider"]
-        write_report(run_dir, state, f"captioner {cfg.model.preset}")
+        write_report(run_dir, state.history, state.step, ["bleu4", "cider"], f"captioner {cfg.model.preset}")
 
     model.train()
     loop = LoopSettings(epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch,
@@ -184,14 +184,6 @@ def train(cfg: TrainConfig) -> Path:
     if writer is not None:
         writer.close()
     return run_dir
-
-
-def write_report(run_dir: Path, state: checkpoint.RunState, title: str) -> None:
-    """`metrics.json` (per-epoch val metrics) and `curves.png`, rewritten after every epoch."""
-    losses = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
-    epochs = [h for h in state.history if "cider" in h]
-    (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": state.step}, indent=2))
-    plot_curves(run_dir / "curves.png", losses, epochs, ["bleu4", "cider"], title)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,13 +48,14 @@ class LoopSettings:
 def run_epochs(state: RunState, *, loop: LoopSettings, info: distributed.DistInfo, model: torch.nn.Module,
                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, optim: OptimSection,
                epoch_batches: Callable[[int, int], Iterable[B]],
-               loss_of: Callable[[B], tuple[torch.Tensor, int]],
+               loss_of: Callable[[B], tuple[torch.Tensor, float]],
                end_of_epoch: Callable[[], None], save: Callable[[], None], writer: Any = None) -> bool:
     """Train until `loop.epochs` are done; True when finished, False when stopped by stop_after_steps.
 
     epoch_batches(epoch, start_batch): this rank's batches of `epoch` from batch `start_batch` on.
     loss_of(batch): the FP32 scalar loss (forward under `amp.autocast` is up to the caller, which knows
-    which part runs in low precision) and the number of items in the batch (for the throughput).
+    which part runs in low precision) and the amount of data in the batch (items, audio seconds, ...) for
+    the throughput.
     end_of_epoch(): called on every rank after `state.epoch` was advanced, before the epoch's checkpoint.
     model: the unwrapped module whose gradients are clipped (DDP's replica shares its parameters).
     """
@@ -62,7 +63,7 @@ def run_epochs(state: RunState, *, loop: LoopSettings, info: distributed.DistInf
         bar = tqdm(epoch_batches(state.epoch, state.batch_in_epoch), total=loop.steps_per_epoch,
                    initial=state.batch_in_epoch, disable=not info.is_main, desc=f"epoch {state.epoch + 1}",
                    dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0, seen = time.perf_counter(), 0
+        t0, seen = time.perf_counter(), 0.0
         for batch in bar:
             lr = lr_at(state.step, loop.total_steps, optim)
             for g in optimizer.param_groups:

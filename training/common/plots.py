@@ -1,7 +1,8 @@
-"""PNG of training curves (loss per step, metrics per epoch) written at the end of a run."""
+"""PNG of training curves (loss per step, metrics per epoch) and the run report written after every epoch."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,3 +39,13 @@ def plot_curves(path: Path, losses: Sequence[tuple[int, float]], history: Sequen
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def write_report(run_dir: Path, history: Sequence[dict[str, Any]], steps: int, metrics: Sequence[str],
+                 title: str) -> None:
+    """`<run_dir>/metrics.json` (the per-epoch entries of a run's history: those holding `metrics[0]`)
+    and `<run_dir>/curves.png`, rewritten after every epoch."""
+    losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
+    epochs = [h for h in history if metrics[0] in h]
+    (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": steps}, indent=2))
+    plot_curves(run_dir / "curves.png", losses, epochs, metrics, title)

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import jiwer
 import numpy as np
@@ -22,17 +21,17 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from models.ctc_text import greedy_decode
 from models.speech_ctc import SpeechCTC, build
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
-from training.common.launch import log_train_step, recipe_main
-from training.common.optim import lr_at, make_optimizer
-from training.common.plots import plot_curves
+from training.common.launch import recipe_main
+from training.common.loop import LoopSettings, run_epochs
+from training.common.optim import make_optimizer
+from training.common.plots import write_report
 from training.speech_ctc.augment import AugmentSection, augment_features
-from training.speech_ctc.dataset import BucketBatchSampler, SpeechDataset, collate, filter_trainable
+from training.speech_ctc.dataset import Batch, BucketBatchSampler, SpeechDataset, collate, filter_trainable
 from training.speech_ctc.manifest import Utterance, read_manifest, seeded_sample
 from training.speech_ctc.model_io import MODEL_NAME
 from training.speech_ctc.recipe import TrainConfig
@@ -94,7 +93,6 @@ def train(cfg: TrainConfig) -> Path:
     dataset = SpeechDataset(train_utts, cfg.augment, cfg.run.seed)
     durations = [u.duration_s for u in train_utts]
     steps_per_epoch = len(train_utts) // (cfg.data.batch_size * info.world_size)
-    total_steps = steps_per_epoch * cfg.run.epochs
 
     state = checkpoint.resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, enabled=cfg.run.resume,
                               log=info.is_main)
@@ -127,71 +125,48 @@ def train(cfg: TrainConfig) -> Path:
                                        recipe=recipe)
         distributed.barrier()
 
-    model.train()
-    while state.epoch < cfg.run.epochs:
+    def epoch_batches(epoch: int, start_batch: int) -> DataLoader[Any]:
         sampler = BucketBatchSampler(durations, cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
-                                     state.epoch, cfg.run.sortagrad, start_batch=state.batch_in_epoch)
-        dataset.set_epoch(state.epoch)
-        loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
-                            num_workers=cfg.data.num_workers, persistent_workers=False)
-        bar = tqdm(loader, total=len(sampler), disable=not info.is_main, desc=f"epoch {state.epoch + 1}",
-                   dynamic_ncols=True, mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0, audio_s = time.perf_counter(), 0.0
-        for batch in bar:
-            lr = lr_at(state.step, total_steps, cfg.optim)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            if cfg.augment.changes_features:
-                augmented.rng = np.random.default_rng([cfg.run.seed, state.step, info.rank])
-            with amp.autocast(amp_mode, info.device):
-                log_probs, out_lengths = ddp(batch.audio.to(info.device), batch.audio_lengths.to(info.device))
-            loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
-                              batch.target_lengths.to(info.device), blank=0, reduction="mean",
-                              zero_infinity=True)
-            grad_norm = amp.backward_and_step(loss, model, optimizer, scaler, cfg.optim.clip_grad_norm)
-            state.step += 1
-            state.batch_in_epoch += 1
-            audio_s += float(batch.audio_lengths.sum()) / model_cfg.sample_rate_hz
-            if state.step % cfg.run.log_every_steps == 0:
-                loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
-                speed = audio_s * info.world_size / (time.perf_counter() - t0)
-                state.history.append({"step": state.step, "loss": loss_v})
-                log_train_step(writer, state.step, loss_v, lr, float(grad_norm), "audio_s_per_s", speed)
-                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.2e}", rt=f"{speed:.0f}x")
-            if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
-                save()
-                logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
-                return run_dir
-            if state.step % cfg.run.save_every_steps == 0:
-                save()
-        bar.close()
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        if info.is_main and dev_utts:
-            metrics = evaluate(model, dev_utts, info.device, cfg.data.batch_size)
-            state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
-            logger.info("epoch %d: dev WER %.2f%% CER %.2f%% (%d utterances)", state.epoch,
-                        100 * metrics["wer"], 100 * metrics["cer"], int(metrics["n"]))
-            if writer is not None:
-                writer.add_scalar("dev/wer", metrics["wer"], state.step)
-                writer.add_scalar("dev/cer", metrics["cer"], state.step)
-            if state.best_score is None or metrics["wer"] < state.best_score:
-                state.best_score = metrics["wer"]
-            write_report(run_dir, state, f"speech_ctc {cfg.model.preset}")
-        save()
+                                     epoch, cfg.run.sortagrad, start_batch=start_batch)
+        dataset.set_epoch(epoch)
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=cfg.data.num_workers,
+                          persistent_workers=False)
 
+    def loss_of(batch: Batch) -> tuple[torch.Tensor, float]:
+        if cfg.augment.changes_features:
+            augmented.rng = np.random.default_rng([cfg.run.seed, state.step, info.rank])
+        with amp.autocast(amp_mode, info.device):
+            log_probs, out_lengths = ddp(batch.audio.to(info.device), batch.audio_lengths.to(info.device))
+        loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
+                          batch.target_lengths.to(info.device), blank=0, reduction="mean", zero_infinity=True)
+        return loss, float(batch.audio_lengths.sum()) / model_cfg.sample_rate_hz  # audio seconds
+
+    def end_of_epoch() -> None:
+        if not (info.is_main and dev_utts):
+            return
+        metrics = evaluate(model, dev_utts, info.device, cfg.data.batch_size)
+        state.history.append({"epoch": state.epoch, "step": state.step, **metrics})
+        logger.info("epoch %d: dev WER %.2f%% CER %.2f%% (%d utterances)", state.epoch,
+                    100 * metrics["wer"], 100 * metrics["cer"], int(metrics["n"]))
+        if writer is not None:
+            writer.add_scalar("dev/wer", metrics["wer"], state.step)
+            writer.add_scalar("dev/cer", metrics["cer"], state.step)
+        if state.best_score is None or metrics["wer"] < state.best_score:
+            state.best_score = metrics["wer"]
+        write_report(run_dir, state.history, state.step, ["wer", "cer"], f"speech_ctc {cfg.model.preset}")
+
+    model.train()
+    loop = LoopSettings(epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch,
+                        log_every_steps=cfg.run.log_every_steps, save_every_steps=cfg.run.save_every_steps,
+                        stop_after_steps=cfg.run.stop_after_steps, rate_name="audio_s_per_s")
+    finished = run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler,
+                          optim=cfg.optim, epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch,
+                          save=save, writer=writer)
+    if not finished:
+        logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
     if writer is not None:
         writer.close()
     return run_dir
-
-
-def write_report(run_dir: Path, state: checkpoint.RunState, title: str) -> None:
-    """`metrics.json` (per-epoch dev metrics) and `curves.png`, rewritten after every epoch."""
-    losses = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
-    epochs = [h for h in state.history if "wer" in h]
-    (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": state.step}, indent=2))
-    plot_curves(run_dir / "curves.png", losses, epochs, ["wer", "cer"], title)
 
 
 def main(argv: list[str] | None = None) -> int:
