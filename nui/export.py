@@ -30,7 +30,7 @@ from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp
 from engines.fp16_parity import speech_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
-from engines.tensorrt_engine import installed_tensorrt
+from nui.engine_options import add_engine_options, check_engine_options
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
 from training.speech_ctc.model_io import MODEL_NAME, load_model
@@ -58,22 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--with-weights", action="store_true",
                    help="also publish the weights as FP16 safetensors (weights.fp16.safetensors), for fine-tuning")
     p.add_argument("--atol", type=float, default=DEFAULT_ATOL)
-    p.add_argument("--precision", choices=["fp32", "fp16-weights", "fp16"], default="fp32",
-                   help="fp16-weights: FP32 arithmetic, weights stored as FP16 (half the file; the bundled CPU "
-                        "engine). fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) "
-                        "and gate it on the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)")
-    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                   help="tensorrt: build a strongly typed TensorRT plan from the FP16 engine (implies --precision "
-                        "fp16; needs TensorRT and a CUDA GPU; engines/tensorrt_build.py)")
-    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
-    p.add_argument("--refit", action="store_true", help="build a refittable TensorRT plan")
+    add_engine_options(p, ["fp32", "fp16-weights", "fp16"],
+                       "fp16-weights: FP32 arithmetic, weights stored as FP16 (half the file; the bundled CPU engine). "
+                       "fp16: convert the gated FP32 engine to FP16 with FP32 islands (engines/fp16.py) and gate it on "
+                       "the dev clips against the FP32 engine (greedy WER, transcripts, probabilities)", refit=True)
     args = p.parse_args(argv)
-    if args.engine == "tensorrt":
-        args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.engine == "tensorrt":
-            installed_tensorrt()  # fail before the export when TensorRT or the GPU is missing
+        check_engine_options(args)
         model, weights = load_model(args.checkpoint)
         clips, texts = None, None
         if args.dev_manifest:

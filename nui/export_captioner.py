@@ -27,8 +27,8 @@ from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp
 from engines.fp16_parity import captioner_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
-from engines.tensorrt_engine import installed_tensorrt
 from models.caption_image import to_pixels
+from nui.engine_options import add_engine_options, check_engine_options
 from training.captioner.model_io import load_model
 
 logger = logging.getLogger(__name__)
@@ -75,20 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
-    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
-                   help="tensorrt: a strongly typed TensorRT plan of the FP16 engine (implies --precision fp16; "
-                        "needs TensorRT and a CUDA GPU)")
-    p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
-                   help="fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines "
-                        "(greedy caption agreement, encoder outputs)")
+    add_engine_options(p, ["fp32", "fp16"],
+                       "fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines (greedy "
+                       "caption agreement, encoder outputs)")
     args = p.parse_args(argv)
-    if args.engine == "tensorrt":
-        args.precision = "fp16"
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        if args.engine == "tensorrt":
-            installed_tensorrt()  # fail before the export when TensorRT or the GPU is missing
+        check_engine_options(args)
         model, tokenizer, weights = load_model(args.checkpoint)
         images = None
         if args.dev_images:
