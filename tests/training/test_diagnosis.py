@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from training.common.checkpoint import latest_checkpoint
 from training.common.config import load_recipe
 from training.diagnosis import evaluate as dx_eval
-from training.diagnosis.dataset import QuestionTable, dialog_states, epoch_batches, hide_findings, make_batch
+from training.diagnosis.dataset import QuestionTable, dialog_states, hide_findings, make_batch
 from training.diagnosis.knowledge import BuildOptions, KnowledgeBase, build
 from training.diagnosis.metrics import fit_temperature, reliability, topk_accuracy
 from training.diagnosis.patients import Generator, PatientOptions, Patients, generate
@@ -263,16 +263,6 @@ def test_dense_evidence_and_positive_counts(tiny_data: Path, tiny_kb: KnowledgeB
 
 
 # ---- batching and masking --------------------------------------------------------------------------
-
-def test_epoch_batches_split_ranks_and_are_seeded() -> None:
-    b0 = epoch_batches(100, 8, 0, 2, seed=1, epoch=0)
-    b1 = epoch_batches(100, 8, 1, 2, seed=1, epoch=0)
-    assert b0.shape == b1.shape == (6, 8)
-    seen = np.concatenate([b0.ravel(), b1.ravel()])
-    assert len(set(seen.tolist())) == 96
-    assert np.array_equal(b0, epoch_batches(100, 8, 0, 2, seed=1, epoch=0))
-    assert not np.array_equal(b0, epoch_batches(100, 8, 0, 2, seed=1, epoch=1))
-
 
 def test_hiding_findings_keeps_a_present_one_and_demographics_can_vanish() -> None:
     rng = np.random.default_rng(0)

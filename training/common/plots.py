@@ -42,10 +42,12 @@ def plot_curves(path: Path, losses: Sequence[tuple[int, float]], history: Sequen
 
 
 def write_report(run_dir: Path, history: Sequence[dict[str, Any]], steps: int, metrics: Sequence[str],
-                 title: str) -> None:
-    """`<run_dir>/metrics.json` (the per-epoch entries of a run's history: those holding `metrics[0]`)
-    and `<run_dir>/curves.png`, rewritten after every epoch."""
+                 title: str, extra: dict[str, Any] | None = None) -> None:
+    """`<run_dir>/metrics.json` (the per-epoch entries of a run's history: those holding `metrics[0]`,
+    plus the `extra` keys, e.g. a fitted temperature) and `<run_dir>/curves.png`, rewritten after every
+    epoch."""
     losses = [(h["step"], h["loss"]) for h in history if "loss" in h]
     epochs = [h for h in history if metrics[0] in h]
-    (run_dir / "metrics.json").write_text(json.dumps({"history": epochs, "steps": steps}, indent=2))
+    report = {"history": epochs, "steps": steps, **(extra or {})}
+    (run_dir / "metrics.json").write_text(json.dumps(report, indent=2))
     plot_curves(run_dir / "curves.png", losses, epochs, metrics, title)

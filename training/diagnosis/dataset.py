@@ -33,15 +33,6 @@ class Batch:
         return Batch(*(t.to(device) for t in (self.evidence, self.age_years, self.sex, self.disease)))
 
 
-def epoch_batches(n: int, batch_size: int, rank: int, world_size: int, seed: int, epoch: int) -> np.ndarray:
-    """(steps, batch_size) patient indices of this rank: one seeded permutation per epoch, cut into
-    world_size * batch_size global batches; the incomplete tail is dropped so every rank takes the same
-    number of steps."""
-    perm = np.random.default_rng([seed, epoch]).permutation(n)
-    steps = n // (batch_size * world_size)
-    return perm[: steps * batch_size * world_size].reshape(steps, world_size, batch_size)[:, rank]
-
-
 def hide_findings(evidence: np.ndarray, age: np.ndarray, sex: np.ndarray, m: MaskingSection,
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hide random findings (set to 0) and demographics (-1 / 0) in place of a batch; see MaskingSection."""

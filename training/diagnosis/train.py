@@ -3,7 +3,9 @@
     torchrun --nproc_per_node=2 -m training.diagnosis --recipe training/diagnosis/recipes/small.yaml
     nui train diagnosis --nproc 2 --recipe training/diagnosis/recipes/small.yaml [key=value ...]
 
-Reads the knowledge base and patients_{train,dev}.npz from `data.dir` (written by `nui data diagnosis`).
+Reads the knowledge base and patients_{train,dev}.npz from `data.dir` (written by `nui data diagnosis`);
+the epochs run on the shared loop (training/common/loop.py), this module supplies the masked batches,
+the loss, the dev metrics and the temperature fit.
 Writes `<run.out_dir>/checkpoints/step_N/` (exact resume), TensorBoard logs in `<out_dir>/tb`, per-epoch
 dev metrics in `<out_dir>/metrics.json` and `<out_dir>/curves.png`. After the last epoch the softmax
 temperature is fitted on the dev patients (run.calibrate) and saved inside the model's weights when it
@@ -14,24 +16,23 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from models.diagnosis import DiagnosisModel, build
 from models.diagnosis_dialog import answer_model
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
-from training.common.launch import log_train_step, recipe_main
-from training.common.optim import lr_at, make_optimizer
-from training.common.plots import plot_curves
-from training.diagnosis.dataset import QuestionTable, epoch_batches, make_batch
+from training.common.launch import recipe_main
+from training.common.loop import LoopSettings, run_epochs, shuffled_batches
+from training.common.optim import make_optimizer
+from training.common.plots import write_report
+from training.diagnosis.dataset import Batch, QuestionTable, make_batch
 from training.diagnosis.knowledge import KnowledgeBase
 from training.diagnosis.metrics import classification_metrics, fit_temperature, log_softmax, nll, reliability
 from training.diagnosis.model_io import MODEL_NAME, predict_logits
@@ -39,6 +40,8 @@ from training.diagnosis.patients import Patients
 from training.diagnosis.recipe import TrainConfig
 
 logger = logging.getLogger(__name__)
+
+METRICS = ["top1", "top5"]  # plotted per epoch; the first marks an epoch's entry in the run history
 
 
 def load_split(data_dir: Path, split: str, kb: KnowledgeBase, limit: int = 0) -> Patients:
@@ -112,7 +115,6 @@ def train(cfg: TrainConfig) -> Path:
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_p)} training patients make no batch of {cfg.data.batch_size} x "
                          f"{info.world_size} ranks")
-    total_steps = steps_per_epoch * cfg.run.epochs
 
     state = checkpoint.resume(run_dir, model=model, optimizer=optimizer, scaler=scaler, enabled=cfg.run.resume,
                               log=info.is_main)
@@ -127,6 +129,7 @@ def train(cfg: TrainConfig) -> Path:
                     steps_per_epoch)
     ddp: torch.nn.Module = DistributedDataParallel(model) if info.world_size > 1 else model
 
+    title = f"diagnosis {cfg.model.preset}"
     writer = None
     if info.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -140,74 +143,55 @@ def train(cfg: TrainConfig) -> Path:
                                        recipe=recipe)
         distributed.barrier()
 
-    losses: list[tuple[int, float]] = [(h["step"], h["loss"]) for h in state.history if "loss" in h]
-    model.train()
-    while state.epoch < cfg.run.epochs:
-        batches = epoch_batches(len(train_p), cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
-                                state.epoch)
-        bar = tqdm(range(state.batch_in_epoch, len(batches)), total=len(batches), initial=state.batch_in_epoch,
-                   disable=not info.is_main, desc=f"epoch {state.epoch + 1}", dynamic_ncols=True,
-                   mininterval=1.0 if sys.stderr.isatty() else 30.0)
-        t0, seen = time.perf_counter(), 0
-        for bi in bar:
-            rng = np.random.default_rng([cfg.run.seed, state.epoch, bi, info.rank])
-            batch = make_batch(train_p, batches[bi], kb.n_symptoms, cfg.masking, rng, questions).to(info.device)
-            lr = lr_at(state.step, total_steps, cfg.optim)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            with amp.autocast(amp_mode, info.device):
-                logits = ddp(batch.evidence, batch.age_years, batch.sex)
-            loss = F.cross_entropy(logits.float(), batch.disease)
-            grad_norm = amp.backward_and_step(loss, model, optimizer, scaler, cfg.optim.clip_grad_norm)
-            state.step += 1
-            state.batch_in_epoch += 1
-            seen += len(batch.disease)
-            if state.step % cfg.run.log_every_steps == 0:
-                loss_v = distributed.all_reduce_mean(float(loss.detach()), info.device)
-                speed = seen * info.world_size / (time.perf_counter() - t0)
-                losses.append((state.step, loss_v))
-                state.history.append({"step": state.step, "loss": loss_v})
-                log_train_step(writer, state.step, loss_v, lr, float(grad_norm), "patients_per_s", speed)
-                bar.set_postfix(loss=f"{loss_v:.3f}", lr=f"{lr:.2e}", pps=f"{speed:.0f}")
-            if cfg.run.stop_after_steps and state.step >= cfg.run.stop_after_steps:
-                save()
-                logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
-                return run_dir
-            if state.step % cfg.run.save_every_steps == 0:
-                save()
-        bar.close()
-        state.epoch += 1
-        state.batch_in_epoch = 0
-        if info.is_main and len(dev_p):
-            m = dev_metrics(model, dev_p, info.device)
-            state.history.append({"epoch": state.epoch, "step": state.step, **m})
-            logger.info("epoch %d: dev top-1 %.2f%% top-5 %.2f%% (>=3 present: top-5 %.2f%%) NLL %.3f "
-                        "ECE %.2f%% (%d patients)", state.epoch, 100 * m["top1"], 100 * m["top5"],
-                        100 * m["top5_ge3"], m["nll"], 100 * m["ece"], int(m["n"]))
-            if writer is not None:
-                for k in ("top1", "top5", "nll", "ece"):
-                    writer.add_scalar(f"dev/{k}", m[k], state.step)
-            if state.best_score is None or m["top1"] > state.best_score:
-                state.best_score = m["top1"]
-        save()
+    def epoch_batches(epoch: int, start_batch: int) -> Iterator[Batch]:
+        # masks drawn per (seed, epoch, batch, rank): a resumed epoch sees exactly the batches it would have
+        rows = shuffled_batches(len(train_p), cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed, epoch)
+        for bi in range(start_batch, len(rows)):
+            rng = np.random.default_rng([cfg.run.seed, epoch, bi, info.rank])
+            yield make_batch(train_p, np.asarray(rows[bi]), kb.n_symptoms, cfg.masking, rng, questions)
 
-    if info.is_main and cfg.run.calibrate and len(dev_p):
-        c = calibrate(model, dev_p, info.device)
-        state.history.append({"calibration": True, "step": state.step, **c})
-        logger.info("temperature %.3f fitted on dev: NLL %.3f -> %.3f, ECE %.2f%% -> %.2f%%; kept T = %.3f",
-                    c["fitted_temperature"], c["dev_nll_before"], c["dev_nll_fitted"], 100 * c["dev_ece_before"],
-                    100 * c["dev_ece_fitted"], c["temperature"])
-    if cfg.run.calibrate:
-        save()
-    if info.is_main:
-        epochs = [h for h in state.history if "top1" in h]
-        calib = [h for h in state.history if h.get("calibration")]
-        (run_dir / "metrics.json").write_text(json.dumps(
-            {"history": epochs, "calibration": calib[-1] if calib else None, "steps": state.step}, indent=2))
-        plot_curves(run_dir / "curves.png", losses, epochs, ["top1", "top5"], f"diagnosis {cfg.model.preset}")
+    def loss_of(batch: Batch) -> tuple[torch.Tensor, int]:
+        batch = batch.to(info.device)
+        with amp.autocast(amp_mode, info.device):
+            logits = ddp(batch.evidence, batch.age_years, batch.sex)
+        return F.cross_entropy(logits.float(), batch.disease), len(batch.disease)
+
+    def end_of_epoch() -> None:
+        if not (info.is_main and len(dev_p)):
+            return
+        m = dev_metrics(model, dev_p, info.device)
+        state.history.append({"epoch": state.epoch, "step": state.step, **m})
+        logger.info("epoch %d: dev top-1 %.2f%% top-5 %.2f%% (>=3 present: top-5 %.2f%%) NLL %.3f "
+                    "ECE %.2f%% (%d patients)", state.epoch, 100 * m["top1"], 100 * m["top5"],
+                    100 * m["top5_ge3"], m["nll"], 100 * m["ece"], int(m["n"]))
         if writer is not None:
-            writer.close()
+            for k in ("top1", "top5", "nll", "ece"):
+                writer.add_scalar(f"dev/{k}", m[k], state.step)
+        if state.best_score is None or m["top1"] > state.best_score:
+            state.best_score = m["top1"]
+        write_report(run_dir, state.history, state.step, METRICS, title)
+
+    model.train()
+    loop = LoopSettings(epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch,
+                        log_every_steps=cfg.run.log_every_steps, save_every_steps=cfg.run.save_every_steps,
+                        stop_after_steps=cfg.run.stop_after_steps, rate_name="patients_per_s")
+    finished = run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler,
+                          optim=cfg.optim, epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch,
+                          save=save, writer=writer)
+    if not finished:
+        logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
+    elif cfg.run.calibrate:
+        if info.is_main and len(dev_p):
+            c = calibrate(model, dev_p, info.device)
+            entry = {"calibration": True, "step": state.step, **c}
+            state.history.append(entry)
+            logger.info("temperature %.3f fitted on dev: NLL %.3f -> %.3f, ECE %.2f%% -> %.2f%%; kept T = %.3f",
+                        c["fitted_temperature"], c["dev_nll_before"], c["dev_nll_fitted"],
+                        100 * c["dev_ece_before"], 100 * c["dev_ece_fitted"], c["temperature"])
+            write_report(run_dir, state.history, state.step, METRICS, title, extra={"calibration": entry})
+        save()
+    if writer is not None:
+        writer.close()
     return run_dir
 
 
