@@ -5,8 +5,10 @@ repository holds a diagnosis model), with health and reflection.
     grpcurl -plaintext 127.0.0.1:50051 list                  # reflection
     grpcurl -plaintext 127.0.0.1:50051 grpc.health.v1.Health/Check
 
-Start-up loads every model version (checksums verified; a mismatch fails start-up), creates one
-dynamic batcher per model version, and only then reports SERVING. SIGINT/SIGTERM: health goes
+Start-up loads every model version of every task through the model store (server/model_store.py: checksums
+verified, a mismatch fails start-up; every engine on the configured ONNX Runtime execution provider, a
+provider this onnxruntime build lacks fails start-up naming what it has), creates the batchers of each
+version, warms each up, and only then reports SERVING. SIGINT/SIGTERM: health goes
 NOT_SERVING, new calls are refused, in-flight calls get `shutdown_grace_s` to finish, then the batchers
 drain. Binds 127.0.0.1 unless told otherwise; port 0 picks a free port (`SpeechServer.port`).
 """
@@ -25,39 +27,29 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engines.engine import PROVIDERS, resolve_providers
 from proto import caption_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.audio import AudioLimits
 from server.batcher import DynamicBatcher
 from server.caption_service import SERVICE as CAPTIONER_SERVICE
 from server.caption_service import CaptionServicer
-from server.captioner import (
-    CaptionBatching,
-    CaptionerModel,
-    ImageLimits,
-    ServedCaptioner,
-    load_captioner_models,
-    serve_captioner_models,
-)
+from server.captioner import TASK as CAPTIONER_TASK
+from server.captioner import CaptionerModel, ImageLimits, ServedCaptioner
+from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel
 from server.diagnosis_service import DiagnosisServicer, ServedDiagnosisModel
 from server.interceptors import ServingInterceptor
 from server.kserve import SERVICE_NAME as KSERVE_SERVICE
 from server.kserve import KServeLimits, KServeServicer, add_kserve_servicer_to_server
 from server.metrics import ServerMetrics
-from server.model_store import BatchSettings, ModelStore
-from server.repository import describe, load_models
+from server.model_store import BatchSettings, Models, ModelStore, load_repository
+from server.repository import describe
 from server.riva import RIVA_SERVICE, RivaASRServicer, add_riva_servicer
+from server.speech_ctc import TASK as SPEECH_TASK
 from server.speech_ctc import SpeechCTCModel
 from server.speech_service import ServedModel
-from server.streaming import (
-    ServedStreamingModel,
-    StreamingModel,
-    StreamLimits,
-    StreamTracker,
-    load_streaming_models,
-    serve_streaming_models,
-    warm_up_streaming,
-)
+from server.streaming import TASK as STREAMING_TASK
+from server.streaming import ServedStreamingModel, StreamingModel, StreamLimits, StreamTracker
 from server.streaming_service import StreamingRecognizer, StreamingSpeechServicer
 from server.tensor_batch import elements_limit
 
@@ -78,6 +70,7 @@ class ServerConfig:
     max_audio_s: float = 60.0
     max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
     intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4
+    provider: str = "cpu"  # ONNX Runtime execution provider of every model: cpu, cuda or tensorrt
     shutdown_grace_s: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics on host:port; 0: any free port; None: off
     auth_token: str | None = None  # calls need `authorization: Bearer <token>` (health stays open)
@@ -111,6 +104,8 @@ class ServerConfig:
             raise ValueError("poll_repository_s and retire_after_s must be >= 0")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {self.provider!r}")
 
 
 def host_port(host: str, port: int) -> str:
@@ -156,8 +151,6 @@ class SpeechServer:
             batchers: list[DynamicBatcher] = [s.batcher for vs in self.served.values() for s in vs.values()]
             batchers += [s.batcher for vs in self.diagnosis.values() for s in vs.values()]
             await asyncio.gather(*(b.close() for b in batchers))
-        await asyncio.gather(*(s.batcher.close() for vs in self.streaming.values() for s in vs.values()))
-        await asyncio.gather(*(s.close() for vs in self.captioner.values() for s in vs.values()))
         if self.metrics is not None:
             self.metrics.stop_http()
         logger.info("server on %s stopped", self.address)
@@ -167,17 +160,30 @@ class SpeechServer:
 class ServingContext:
     """What a service registration gets: the config and the served models, {name: {version: served}}.
 
-    The dicts are shared with the servicers and may be changed in place while serving (model reload)."""
+    The dicts are the model store's tables, shared with the servicers and changed in place while
+    serving (model reload, load, unload)."""
 
     config: ServerConfig
-    speech: dict[str, dict[int, ServedModel]]
-    diagnosis: dict[str, dict[int, ServedDiagnosisModel]]
     metrics: ServerMetrics  # e.g. `with ctx.metrics.stream(SERVICE):` around a streaming call
     store: ModelStore
     ready: bool = False  # every model loaded and warmed up (health SERVING from then on)
-    streaming: dict[str, dict[int, ServedStreamingModel]] = field(default_factory=dict)
     streams: StreamTracker = field(default_factory=StreamTracker)
-    captioner: dict[str, dict[int, ServedCaptioner]] = field(default_factory=dict)
+
+    @property
+    def speech(self) -> dict[str, dict[int, ServedModel]]:
+        return self.store.tables[SPEECH_TASK]
+
+    @property
+    def diagnosis(self) -> dict[str, dict[int, ServedDiagnosisModel]]:
+        return self.store.tables[DIAGNOSIS_TASK]
+
+    @property
+    def streaming(self) -> dict[str, dict[int, ServedStreamingModel]]:
+        return self.store.tables[STREAMING_TASK]
+
+    @property
+    def captioner(self) -> dict[str, dict[int, ServedCaptioner]]:
+        return self.store.tables[CAPTIONER_TASK]
 
 
 def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
@@ -212,7 +218,8 @@ def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> list[st
 def _register_kserve(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
     c = ctx.config
     limits = KServeLimits(c.max_batch_size, c.max_queue_delay_ms, elements_limit(c.max_message_bytes))
-    servicer = KServeServicer(ctx.store.served, limits, lambda: ctx.ready, ctx.store, _version())
+    servicer = KServeServicer(ctx.store.served, limits, lambda: ctx.ready, ctx.store, _version(),
+                              tensor_models=ctx.store.tensor_served)
     add_kserve_servicer_to_server(servicer, server)
     return [KSERVE_SERVICE]
 
@@ -245,14 +252,16 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
                        diagnosis_models: dict[str, dict[int, DiagnosisServingModel]] | None = None,
                        streaming_models: dict[str, dict[int, StreamingModel]] | None = None,
                        captioner_models: dict[str, dict[int, CaptionerModel]] | None = None) -> SpeechServer:
-    """Load the repository (or use `models` / `diagnosis_models` / `streaming_models`, already loaded:
-    then only those are served), bind, register every service of SERVICES, start, report SERVING."""
+    """Load the repository (or use `models` / `diagnosis_models` / `streaming_models` / `captioner_models`,
+    already loaded: then only those are served), bind, register every service of SERVICES, start, warm
+    every model up, report SERVING. ValueError when the execution provider is missing from this ONNX
+    Runtime build or the repository does not load."""
+    resolve_providers(config.provider)  # before loading anything: name what this build has
+    preloaded: dict[str, Models] = {SPEECH_TASK: models or {}, DIAGNOSIS_TASK: diagnosis_models or {},
+                                    STREAMING_TASK: streaming_models or {}, CAPTIONER_TASK: captioner_models or {}}
     if models is None and diagnosis_models is None and streaming_models is None and captioner_models is None:
-        models, diagnosis_models = await asyncio.to_thread(load_models, config.repo, config.intra_op_threads)
-        streaming_models = await asyncio.to_thread(load_streaming_models, config.repo, config.intra_op_threads)
-        captioner_models = await asyncio.to_thread(load_captioner_models, config.repo, config.intra_op_threads)
-    models = models or {}
-    diagnosis_models = diagnosis_models or {}
+        preloaded = await asyncio.to_thread(load_repository, config.repo, intra_op_threads=config.intra_op_threads,
+                                            provider=config.provider)
     metrics = ServerMetrics()
     server = grpc.aio.server(interceptors=[ServingInterceptor(metrics, config.auth_token)],
                              options=_channel_options(config))
@@ -265,19 +274,11 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
             port = server.add_insecure_port(address)
     except RuntimeError as e:
         raise OSError(f"cannot listen on {address}: {e}") from e
-    speech: dict[str, dict[int, ServedModel]] = {}
-    diagnosis: dict[str, dict[int, ServedDiagnosisModel]] = {}
-    store = ModelStore(config.repo, speech, diagnosis, BatchSettings(
+    store = ModelStore(config.repo, BatchSettings(
         config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
-        retire_after_s=config.retire_after_s), metrics)
-    store.add_loaded(models, diagnosis_models)
-    ctx = ServingContext(config, speech=speech, diagnosis=diagnosis, metrics=metrics, store=store,
-                         streaming=serve_streaming_models(streaming_models or {}, config.max_batch_size,
-                                                          config.max_queue_delay_ms, config.max_queue_size,
-                                                          metrics.observer),
-                         streams=StreamTracker(config.max_streams))
-    ctx.captioner = serve_captioner_models(captioner_models or {}, CaptionBatching(
-        config.max_batch_size, config.max_queue_delay_ms, max_queue_size=config.max_queue_size), metrics.observer)
+        config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s), metrics)
+    store.add_loaded(preloaded)
+    ctx = ServingContext(config, metrics=metrics, store=store, streams=StreamTracker(config.max_streams))
     model_services = [name for register in SERVICES for name in register(server, ctx)]
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -293,8 +294,6 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         if config.metrics_port is not None:
             running.metrics_port = metrics.serve_http(config.host, config.metrics_port)
         await store.warm_up_all()
-        await warm_up_streaming(ctx.streaming)
-        await asyncio.gather(*(s.warm_up() for vs in ctx.captioner.values() for s in vs.values()))
     except BaseException:
         await running.stop(0)
         raise
@@ -305,7 +304,8 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
 
     async def sync_health() -> None:  # after a load/unload: a service left with no model is NOT_SERVING
         for service, has_models in ((SPEECH_SERVICE, bool(ctx.speech or ctx.streaming)),
-                                    (DIAGNOSIS_SERVICE, bool(ctx.diagnosis)), (KSERVE_SERVICE, bool(store.served()))):
+                                    (DIAGNOSIS_SERVICE, bool(ctx.diagnosis)), (KSERVE_SERVICE, bool(store.served())),
+                                    (CAPTIONER_SERVICE, bool(ctx.captioner))):
             if service in model_services:
                 await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING if has_models
                                           else health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -314,9 +314,9 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
     if config.poll_repository_s > 0:
         running.background.append(asyncio.get_running_loop().create_task(
             store.poll_forever(config.poll_repository_s), name="repository-poll"))
-    logger.info("serving %s on %s%s (max batch %d, max queue delay %g ms%s)",
-                describe({**models, **diagnosis_models}), running.address, " (TLS)" if config.tls_cert else "",
-                config.max_batch_size, config.max_queue_delay_ms,
+    logger.info("serving %s on %s%s (max batch %d, max queue delay %g ms, %s execution provider%s)",
+                describe(store.served()), running.address, " (TLS)" if config.tls_cert else "",
+                config.max_batch_size, config.max_queue_delay_ms, config.provider,
                 f", metrics on port {running.metrics_port}" if running.metrics_port is not None else "")
     return running
 

@@ -23,15 +23,9 @@ import grpc
 
 from proto import caption_pb2, caption_pb2_grpc
 from server.caption_service import request_options, to_response
-from server.captioner import (
-    DEFAULT_MODEL,
-    CaptionBatching,
-    ImageLimits,
-    ServedCaptioner,
-    load_captioner_models,
-)
+from server.captioner import DEFAULT_MODEL, TASK, CaptionBatching, ImageLimits, ServedCaptioner
 from server.errors import RequestError
-from server.repository import default_repo, resolve
+from server.repository import default_repo, load_task_models, resolve
 
 PROG = "nui caption"
 
@@ -61,7 +55,7 @@ def config_of(args: argparse.Namespace) -> caption_pb2.CaptionConfig:
 async def caption_in_process(images: list[bytes], config: caption_pb2.CaptionConfig, repo: Path
                              ) -> list[caption_pb2.CaptionResponse | Exception]:
     """Every image through one in-process ServedCaptioner (batched together); a result or error each."""
-    model = resolve(load_captioner_models(repo), config.model or DEFAULT_MODEL, config.model_version)
+    model = resolve(load_task_models(repo, TASK), config.model or DEFAULT_MODEL, config.model_version)
     served = ServedCaptioner.create(model, CaptionBatching())
 
     async def one(data: bytes) -> caption_pb2.CaptionResponse | Exception:

@@ -32,11 +32,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engines.engine import Engine, load_engine
-from engines.manifest import model_versions, read_manifest, version_dir
+from engines.manifest import version_dir
 from models.caption_beam import BeamSearch, Hypothesis, SearchOptions
+from models.caption_domain import DomainVerdict
 from models.caption_image import to_pixels
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
 from server.batcher import BatchObserver, DynamicBatcher
+from server.caption_domain import DomainCheck, fallback_log_prob
 from server.errors import invalid_argument, out_of_range
 
 logger = logging.getLogger(__name__)
@@ -101,6 +103,7 @@ class CaptionResult:
     encoder_s: float
     decoder_s: float
     decoder_steps: int
+    domain: DomainVerdict | None = None  # the out-of-domain check's verdict; None: the version has none
 
 
 @dataclass(frozen=True, eq=False)
@@ -165,6 +168,7 @@ class CaptionerModel:
         if tokens != {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}:
             raise ValueError(f"{where}: manifest special tokens {tokens} differ from this server's")
         self.encoder, self.decoder, self.tokenizer = encoder, decoder, tokenizer
+        self.domain = DomainCheck.from_manifest(manifest)  # server/caption_domain.py
 
     @property
     def name(self) -> str:
@@ -173,6 +177,11 @@ class CaptionerModel:
     @property
     def version(self) -> int:
         return self.encoder.version
+
+    @property
+    def engine(self) -> Engine:
+        """The encoder: its manifest is the version's (what KServe ModelMetadata and metrics read)."""
+        return self.encoder
 
     @property
     def max_length(self) -> int:
@@ -249,6 +258,11 @@ class ServedCaptioner:
                  steps: DynamicBatcher[StepRows, tuple[np.ndarray, dict[str, np.ndarray]]]) -> None:
         self.model, self.encoder, self.steps = model, encoder, steps
 
+    @property
+    def batcher(self) -> DynamicBatcher[ImageJob, dict[str, np.ndarray]]:
+        """The encoder's: one item per request (KServe ModelStatistics counts requests with it)."""
+        return self.encoder
+
     @classmethod
     def create(cls, model: CaptionerModel, settings: CaptionBatching,
                observer_for: ObserverFor | None = None) -> ServedCaptioner:
@@ -266,11 +280,20 @@ class ServedCaptioner:
             name=f"{name}-steps", observer=observer("decoder_step"))
         return cls(model, encoder, steps)
 
-    async def caption(self, job: ImageJob, deadline: float | None = None) -> CaptionResult:
-        """Encode (batched), then beam search with batched decoder steps; raises the batchers' errors."""
+    async def caption(self, job: ImageJob, deadline: float | None = None, domain_check: bool = True
+                      ) -> CaptionResult:
+        """Encode (batched), then beam search with batched decoder steps; raises the batchers' errors.
+        An image the version's domain check rejects is not decoded: it gets the fallback caption."""
         started = time.monotonic()
         features = await self.encoder.submit(job, deadline=deadline)
         encoded = time.monotonic()
+        verdict = None
+        if self.model.domain is not None:
+            features, verdict = self.model.domain.split(features)
+            if domain_check and not verdict.in_domain:
+                lp = fallback_log_prob(verdict)
+                return CaptionResult((CaptionText(verdict.caption, lp, lp, True),), job.width, job.height,
+                                     job.decode_image_s, encoded - started, 0.0, 0, verdict)
         search = BeamSearch(features, 1, BOS, EOS, job.search)
         steps = 0
         while not search.done:
@@ -282,24 +305,25 @@ class ServedCaptioner:
         if not captions:
             raise RuntimeError("beam search returned no caption")
         return CaptionResult(captions, job.width, job.height, job.decode_image_s, encoded - started,
-                             time.monotonic() - encoded, steps)
+                             time.monotonic() - encoded, steps, verdict)
 
     async def warm_up(self) -> None:
         """One grey image through both graphs (first ONNX Runtime runs are slow)."""
         size = self.model.image_size_px
         job = ImageJob(np.full((3, size, size), 0.5, np.float32), size, size,
                        SearchOptions(beam_size=1, max_length=1), "warm-up", 0.0)
-        await self.caption(job)
+        await self.caption(job, domain_check=False)  # decode even when grey is out of domain
 
     async def close(self) -> None:
         await asyncio.gather(self.encoder.close(), self.steps.close())
 
 
-def load_captioner_version(repo: Path, name: str, version: int, intra_op_threads: int | None = None
-                           ) -> CaptionerModel:
+def load_captioner_version(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
+                           provider: str = "cpu") -> CaptionerModel:
     """Both graphs and the tokenizer of one version, checksums verified; ValueError when anything is off."""
-    encoder = load_engine(repo, name, version, intra_op_threads, graph="encoder")
-    decoder = load_engine(repo, name, version, intra_op_threads, graph="decoder_step", verify=False)
+    encoder = load_engine(repo, name, version, intra_op_threads, graph="encoder", provider=provider)
+    decoder = load_engine(repo, name, version, intra_op_threads, graph="decoder_step", verify=False,
+                          provider=provider)
     folder = version_dir(Path(repo), name, version)
     tokenizer_file = encoder.manifest.extras.get("tokenizer")
     if not isinstance(tokenizer_file, str) or tokenizer_file not in encoder.manifest.files:
@@ -309,23 +333,3 @@ def load_captioner_version(repo: Path, name: str, version: int, intra_op_threads
     except Exception as e:  # tokenizers raises its own exception types
         raise ValueError(f"{folder}: cannot load {tokenizer_file}: {e}") from e
     return CaptionerModel(encoder, decoder, tokenizer)
-
-
-def load_captioner_models(repo: Path, intra_op_threads: int | None = None
-                          ) -> dict[str, dict[int, CaptionerModel]]:
-    """{name: {version: model}} for every captioner model version under `repo` (may be empty)."""
-    models: dict[str, dict[int, CaptionerModel]] = {}
-    for model_dir in sorted(p for p in Path(repo).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version in model_versions(repo, model_dir.name):
-            if read_manifest(version_dir(repo, model_dir.name, version), verify=False).task != TASK:
-                continue
-            model = load_captioner_version(repo, model_dir.name, version, intra_op_threads)
-            models.setdefault(model.name, {})[version] = model
-    return models
-
-
-def serve_captioner_models(models: dict[str, dict[int, CaptionerModel]], settings: CaptionBatching,
-                           observer_for: ObserverFor | None = None) -> dict[str, dict[int, ServedCaptioner]]:
-    """Batchers for every loaded version (create inside the running event loop)."""
-    return {name: {v: ServedCaptioner.create(m, settings, observer_for) for v, m in versions.items()}
-            for name, versions in models.items()}

@@ -285,10 +285,12 @@ class DiagnosisServingModel:
                                not_understood=list(not_understood))
 
 
-def load_diagnosis_model(engine: Engine, folder: Path) -> DiagnosisServingModel:
+def load_diagnosis_model(engine: Engine, folder: Path, intra_op_threads: int | None = None,
+                         provider: str = "cpu") -> DiagnosisServingModel:
     """The serving model of an engine whose version folder also holds the knowledge tables, with the
-    repository's symptom_text model of the same knowledge base when there is one."""
+    repository's symptom_text model of the same knowledge base when there is one (loaded with the same
+    threads and execution provider)."""
     tables = DiagnosisTables.load(folder)
     text = text_model_for(folder.parent.parent, str(engine.manifest.extras.get("kb_fingerprint", "")),
-                          [s.id for s in tables.symptoms])
+                          [s.id for s in tables.symptoms], intra_op_threads, provider)
     return DiagnosisServingModel(engine, tables, text)

@@ -8,7 +8,11 @@ unmodified `tritonclient.grpc` clients work against nui:
     result = client.infer("speech_ctc", [audio, lengths]); result.as_numpy("log_probs")
 
 ModelInfer takes the engine's own tensors (names, dtypes and shapes of the model's manifest) and returns
-its outputs: no audio decoding, no text decoding. Requests go through the model's dynamic batcher (the
+its outputs: no audio decoding, no text decoding. Every served model is listed (ModelReady, ModelMetadata,
+ModelConfig, ModelStatistics, RepositoryIndex), but ModelInfer runs only the single-graph ones
+(`tensor_models`: speech_ctc, diagnosis, and one chunk of a streaming speech model, whose state the
+client passes in and gets back); a captioner (two graphs and a beam search between) answers
+UNIMPLEMENTED naming the model. Requests go through the model's dynamic batcher (the
 one `nui.v1.Speech` / `nui.v1.Diagnosis` use, see server/tensor_batch.py), so Triton and nui clients share
 engine runs. Inputs come as `raw_input_contents` or typed `contents`; outputs always as
 `raw_output_contents`. Wrong names, dtypes, shapes or sizes: INVALID_ARGUMENT naming the input.
@@ -206,8 +210,10 @@ class KServeServicer:
     """The protocol's methods; `models()` is read per call, so loads and unloads show at once."""
 
     def __init__(self, models: Catalog, limits: KServeLimits, is_ready: Callable[[], bool],
-                 repository: RepositoryControl | None = None, server_version: str = "") -> None:
+                 repository: RepositoryControl | None = None, server_version: str = "",
+                 tensor_models: Catalog | None = None) -> None:
         self._models = models
+        self._tensor_models = tensor_models or models  # those ModelInfer runs; the others are listed only
         self._limits = limits
         self._is_ready = is_ready
         self._repository = repository
@@ -323,6 +329,11 @@ class KServeServicer:
         deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
         served = lookup(self._models(), request.model_name, request.model_version, field="model_name")
         manifest: Manifest = served.model.engine.manifest
+        if request.model_name not in self._tensor_models():
+            raise RequestError(grpc.StatusCode.UNIMPLEMENTED,
+                               f"model_name {request.model_name!r} (a {manifest.task} model) does not run raw tensors "
+                               "over ModelInfer: it runs several graphs with a search between them; use its own "
+                               "API (nui.v1.Captioner/Caption for captioners)")
         outputs = [t.name for t in manifest.outputs]
         wanted = [o.name for o in request.outputs] or outputs
         for name in wanted:

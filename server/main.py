@@ -3,6 +3,7 @@
     nui serve --repo model_repository --host 127.0.0.1 --port 50051 --max-batch-size 16 --max-queue-delay-ms 5
     nui serve --metrics-port 8002 --auth-token-file token.txt --tls-cert cert.pem --tls-key key.pem \
               --poll-repository-s 5 --log-format json           # production settings (README: Serving)
+    nui serve --provider cuda                                   # ONNX Runtime CUDA EP (onnxruntime-gpu build)
     python -m server.main --repo model_repository --port 0     # any free port; the address is printed
 
 Prints `listening on HOST:PORT` (and `metrics on HOST:PORT`) once every model is loaded and warmed up and
@@ -18,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from engines.engine import PROVIDERS
 from server.app import ServerConfig, SpeechServer, host_port, serve
 from server.logs import LOG_FORMATS, configure_logging
 from server.repository import default_repo
@@ -39,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--intra-op-threads", type=int, default=None,
                    help="ONNX Runtime threads per engine run (default: all cores, at most 4)")
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default=d.provider,
+                   help="ONNX Runtime execution provider of every model (default %(default)s); cuda and "
+                        "tensorrt need an onnxruntime-gpu build (start-up fails naming what this build has)")
     p.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port of --host; 0: off (default)")
@@ -84,6 +89,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
         max_queue_size=args.max_queue_size, max_audio_s=args.max_audio_s,
         max_message_bytes=args.max_message_bytes, intra_op_threads=args.intra_op_threads,
+        provider=args.provider,
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port or None,
         auth_token=read_token(args.auth_token_file) if args.auth_token_file is not None else None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, keepalive_time_s=args.keepalive_time_s,

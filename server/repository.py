@@ -1,8 +1,8 @@
-"""Loading a model repository for serving, and looking a requested model up in what was loaded.
+"""Loading a model repository, and looking a requested model up in what was loaded.
 
 A repository holds `<repo>/<model>/<version>/{manifest.json, model.onnx, ...}` (see engines/manifest.py).
-Every version of every model is loaded at start-up, with each file's sha256 checked, so a broken
-repository fails before the server reports SERVING.
+The server loads it through server/model_store.py (every task, one path); the functions here are for
+one-shot tools that want the loaded models of one task:
 
     models = load_speech_models(default_repo())
     model = resolve(models, "speech_ctc", 0)  # 0: the highest version
@@ -13,21 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from engines.engine import load_engine
-from engines.manifest import model_versions, read_manifest, version_dir
-from server.captioner import TASK as CAPTIONER_TASK
 from server.diagnosis import TASK as DIAGNOSIS_TASK
-from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
+from server.diagnosis import DiagnosisServingModel
 from server.errors import invalid_argument, not_found
-from server.speech_ctc import TASK, SpeechCTCModel, load_lm_decoder
-from server.streaming import TASK as STREAMING_TASK
-from server.symptom_text import TASK as SYMPTOM_TEXT_TASK
-
-# Tasks whose models other loaders pick up (server/streaming.py, server/captioner.py, server/symptom_text.py
-# with the diagnosis models): not warned about.
-OTHER_TASKS = (STREAMING_TASK, CAPTIONER_TASK, SYMPTOM_TEXT_TASK)
+from server.speech_ctc import TASK, SpeechCTCModel
 
 logger = logging.getLogger(__name__)
 
@@ -45,67 +36,31 @@ def load_speech_models(repo: Path,
                        intra_op_threads: int | None = None) -> dict[str, dict[int, SpeechCTCModel]]:
     """{model name: {version: model}} for every speech_ctc model version under `repo`.
 
-    Models of other tasks are skipped (with a warning unless they are diagnosis models); ValueError when
-    the repository is missing, holds no speech model, or any manifest, checksum, ONNX graph or language
-    model does not match or load.
+    Models of other tasks are skipped; ValueError when the repository is missing, holds no speech
+    model, or any manifest, checksum, ONNX graph or language model does not match or load.
     """
     speech, _ = load_models(repo, intra_op_threads, tasks=(TASK,))
     return speech
 
 
 def load_models(repo: Path, intra_op_threads: int | None = None,
-                tasks: tuple[str, ...] = (TASK, DIAGNOSIS_TASK)
+                tasks: tuple[str, ...] = (TASK, DIAGNOSIS_TASK), provider: str = "cpu"
                 ) -> tuple[dict[str, dict[int, SpeechCTCModel]], dict[str, dict[int, DiagnosisServingModel]]]:
-    """(speech models, diagnosis models), each {model name: {version: model}}, of the given tasks.
+    """(speech models, diagnosis models), each {model name: {version: model}}, of the given tasks
+    (server.model_store.load_repository: ValueError when none is there or any does not load)."""
+    from server.model_store import load_repository  # the store imports the servicers, which import us
 
-    ValueError when the repository is missing or holds no model of those tasks, or when any manifest,
-    checksum, ONNX graph, language model or knowledge table does not match or load.
-    """
-    repo = Path(repo)
-    if not repo.is_dir():
-        raise ValueError(f"model repository {repo} does not exist")
-    speech: dict[str, dict[int, SpeechCTCModel]] = {}
-    diagnosis: dict[str, dict[int, DiagnosisServingModel]] = {}
-    for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        versions = model_versions(repo, model_dir.name)
-        if not versions:
-            logger.warning("%s has no numbered version folders; skipped", model_dir)
-            continue
-        for version in versions:
-            model = load_model_version(repo, model_dir.name, version, intra_op_threads, tasks)
-            if isinstance(model, SpeechCTCModel):
-                speech.setdefault(model.name, {})[version] = model
-            elif model is not None:
-                diagnosis.setdefault(model.name, {})[version] = model
-    if not speech and not diagnosis and not _holds_task(repo, OTHER_TASKS):
-        raise ValueError(f"model repository {repo} holds no {' or '.join(tasks)} model (expected "
-                         "<model>/<version>/manifest.json)")
-    return speech, diagnosis
+    loaded = load_repository(repo, tasks, intra_op_threads, provider)
+    return loaded.get(TASK, {}), loaded.get(DIAGNOSIS_TASK, {})
 
 
-def _holds_task(repo: Path, tasks: tuple[str, ...]) -> bool:
-    """Whether any model version under `repo` is of one of `tasks` (loaded elsewhere)."""
-    return any(read_manifest(version_dir(repo, d.name, v), verify=False).task in tasks
-               for d in repo.iterdir() if d.is_dir() and not d.name.startswith(".")
-               for v in model_versions(repo, d.name))
+def load_task_models(repo: Path, task: str, intra_op_threads: int | None = None,
+                     provider: str = "cpu") -> dict[str, dict[int, Any]]:
+    """{model name: {version: model}} of one task under `repo`, {} when it holds none (e.g. "captioner",
+    "speech_ctc_streaming"); ValueError when the repository is missing or a version does not load."""
+    from server.model_store import load_repository
 
-
-def load_model_version(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
-                       tasks: tuple[str, ...] = (TASK, DIAGNOSIS_TASK)
-                       ) -> SpeechCTCModel | DiagnosisServingModel | None:
-    """One model version, checksums verified; None when its task is not among `tasks` (a warning unless
-    it is a task this server knows). ValueError when anything does not match or load."""
-    folder = version_dir(repo, name, version)
-    task = read_manifest(folder, verify=False).task
-    if task not in tasks:
-        if task not in (TASK, DIAGNOSIS_TASK, *OTHER_TASKS):
-            logger.warning("%s v%d is a %r model; this server serves %s only; skipped",
-                           name, version, task, " and ".join(map(repr, tasks)))
-        return None
-    engine = load_engine(repo, name, version, intra_op_threads)
-    if task == TASK:
-        return SpeechCTCModel(engine, load_lm_decoder(folder, engine.manifest))
-    return load_diagnosis_model(engine, folder)
+    return load_repository(repo, (task,), intra_op_threads, provider, require_any=False)[task]
 
 
 def resolve(models: Mapping[str, Mapping[int, M]], name: str, version: int) -> M:

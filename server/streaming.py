@@ -34,9 +34,9 @@ import numpy as np
 import soxr
 
 from engines.engine import Engine, load_engine
-from engines.manifest import Manifest, model_versions, read_manifest, version_dir
+from engines.manifest import Manifest, version_dir
 from models.ctc_text import BLANK, VOCAB, WordTiming, decode_ids, greedy_decode
-from server.batcher import BatchObserver, DynamicBatcher
+from server.batcher import DynamicBatcher
 from server.endpointing import EndpointOptions, EnergyEndpointer
 from server.errors import RequestError, invalid_argument, out_of_range
 from server.speech_ctc import CTCDecoder, GreedyDecoder, Hypothesis, load_lm_decoder
@@ -140,44 +140,35 @@ class StreamingModel:
         return results
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class ServedStreamingModel:
+    """A streaming model version with its batcher; `open_streams` counts the streams running on it (a
+    retired version keeps its batcher until they end, server/model_store.py)."""
+
     model: StreamingModel
     batcher: DynamicBatcher[ChunkJob, ChunkOutput]
+    open_streams: int = 0
+
+    @contextlib.contextmanager
+    def stream(self) -> Iterator[None]:
+        """Around one stream's life on this version."""
+        self.open_streams += 1
+        try:
+            yield
+        finally:
+            self.open_streams -= 1
 
 
-def serve_streaming_models(models: dict[str, dict[int, StreamingModel]], max_batch_size: int,
-                           max_queue_delay_ms: float, max_queue_size: int,
-                           observer_for: Callable[[str, int], BatchObserver] | None = None
-                           ) -> dict[str, dict[int, ServedStreamingModel]]:
-    """One dynamic batcher per streaming model version (create inside the running loop)."""
-    return {name: {v: ServedStreamingModel(m, DynamicBatcher(
-        m.run_batch, max_batch_size, max_queue_delay_ms, max_queue_size, name=f"{name}-v{v}",
-        observer=observer_for(name, v) if observer_for is not None else None)) for v, m in versions.items()}
-        for name, versions in models.items()}
+def load_streaming_model(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
+                         provider: str = "cpu") -> StreamingModel:
+    """One streaming version (with its LM when it ships one), checksums verified; ValueError when off."""
+    engine = load_engine(repo, name, version, intra_op_threads, provider=provider)
+    return StreamingModel(engine, load_lm_decoder(version_dir(Path(repo), name, version), engine.manifest))
 
 
-async def warm_up_streaming(served: dict[str, dict[int, ServedStreamingModel]]) -> None:
-    """One real chunk through each version's batcher (first ONNX Runtime runs are slow)."""
-    for versions in served.values():
-        for s in versions.values():
-            job = ChunkJob(np.zeros(s.model.spec.chunk_samples, np.float32), -1, s.model.initial_state())
-            await s.batcher.submit(job)
-
-
-def load_streaming_models(repo: Path, intra_op_threads: int | None = None
-                          ) -> dict[str, dict[int, StreamingModel]]:
-    """{name: {version: model}} for every streaming speech model under `repo` (may be empty)."""
-    models: dict[str, dict[int, StreamingModel]] = {}
-    for model_dir in sorted(p for p in Path(repo).iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for version in model_versions(repo, model_dir.name):
-            folder = version_dir(repo, model_dir.name, version)
-            if read_manifest(folder, verify=False).task != TASK:
-                continue
-            engine = load_engine(repo, model_dir.name, version, intra_op_threads)
-            models.setdefault(engine.name, {})[version] = StreamingModel(
-                engine, load_lm_decoder(folder, engine.manifest))
-    return models
+def warmup_job(model: StreamingModel) -> ChunkJob:
+    """One chunk of silence from a new stream: the warm-up run a version gets before it is served."""
+    return ChunkJob(np.zeros(model.spec.chunk_samples, np.float32), -1, model.initial_state())
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ class StreamingRecognizer:
         request_id = "-"
         stream: RecognitionStream | None = None
         try:
-            with self.tracker.track(), self.observe_stream():
+            with self.tracker.track(), self.observe_stream(), contextlib.ExitStack() as on_version:
                 messages = aiter(requests)
                 first = await self._next(messages)
                 if first is None:
@@ -117,6 +117,7 @@ class StreamingRecognizer:
                 start = protocol.start(first)
                 request_id = start.request_id
                 served = self.resolve(start.model, start.version)
+                on_version.enter_context(served.stream())  # a retired version waits for this stream's end
                 stream = RecognitionStream(served.model, served.batcher.submit, start.options, self.limits,
                                            request_id)
                 while (request := await self._next(messages)) is not None:

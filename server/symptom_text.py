@@ -6,6 +6,8 @@ base. `text_model_for` finds, for a diagnosis version, the highest symptom_text 
 repository whose manifest carries the same `kb_fingerprint` (the encoder and table do not depend on the
 diagnosis weights, so retraining diagnosis does not copy a 23 MB encoder into every version), checks
 that its symptom ids are the diagnosis tables' ids in the same order, and loads it once per process.
+A newer symptom_text version published while serving reloads the diagnosis versions it belongs to
+(server/model_store.py asks `text_model_version` whether their text model is still the newest).
 
 Nothing here logs text (health data).
 """
@@ -47,9 +49,9 @@ class SymptomTextModel:
         return [r for r in out if r is not None]
 
 
-def load_symptom_text_model(repo: Path, name: str, version: int,
-                            intra_op_threads: int | None = None) -> SymptomTextModel:
-    engine = load_engine(repo, name, version, intra_op_threads)
+def load_symptom_text_model(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
+                            provider: str = "cpu") -> SymptomTextModel:
+    engine = load_engine(repo, name, version, intra_op_threads, provider=provider)
     folder = version_dir(repo, name, version)
     threshold = engine.manifest.extras.get("threshold")
     if not isinstance(threshold, (int, float)):
@@ -58,13 +60,14 @@ def load_symptom_text_model(repo: Path, name: str, version: int,
                             table=PhraseTable.load(folder), threshold=float(threshold))
 
 
-_cache: dict[tuple[str, str, int], SymptomTextModel] = {}
+# Loaded text models, shared by the diagnosis versions of one knowledge base; a newer version of the
+# same model evicts the older ones (diagnosis versions still serving them keep their own reference).
+_cache: dict[tuple[str, str, int, int | None, str], SymptomTextModel] = {}
 _cache_lock = threading.Lock()
 
 
-def text_model_for(repo: Path, kb_fingerprint: str, symptom_ids: Sequence[str]) -> SymptomTextModel | None:
-    """The symptom_text model of this knowledge base in `repo` (highest version), or None when there is
-    none. ValueError when one matches the fingerprint but not the symptom ids, or does not load."""
+def text_model_version(repo: Path, kb_fingerprint: str) -> tuple[str, int] | None:
+    """(name, version) of the highest symptom_text version in `repo` made for this knowledge base."""
     if not kb_fingerprint or not repo.is_dir():
         return None
     best: tuple[int, str] | None = None
@@ -73,14 +76,24 @@ def text_model_for(repo: Path, kb_fingerprint: str, symptom_ids: Sequence[str]) 
             m = read_manifest(version_dir(repo, d.name, v), verify=False)
             if m.task == TASK and m.extras.get("kb_fingerprint") == kb_fingerprint and (best is None or v > best[0]):
                 best = (v, d.name)
-    if best is None:
+    return None if best is None else (best[1], best[0])
+
+
+def text_model_for(repo: Path, kb_fingerprint: str, symptom_ids: Sequence[str], intra_op_threads: int | None = None,
+                   provider: str = "cpu") -> SymptomTextModel | None:
+    """The symptom_text model of this knowledge base in `repo` (highest version), or None when there is
+    none. ValueError when one matches the fingerprint but not the symptom ids, or does not load."""
+    found = text_model_version(repo, kb_fingerprint)
+    if found is None:
         return None
-    version, name = best
-    key = (str(repo.resolve()), name, version)
+    name, version = found
+    key = (str(repo.resolve()), name, version, intra_op_threads, provider)
     with _cache_lock:
         model = _cache.get(key)
         if model is None:
-            model = load_symptom_text_model(repo, name, version)
+            model = load_symptom_text_model(repo, name, version, intra_op_threads, provider)
+            for old in [k for k in _cache if k[:2] == key[:2] and k[2] < version]:
+                del _cache[old]
             _cache[key] = model
     if list(model.table.symptom_ids) != list(symptom_ids):
         raise ValueError(f"{name} v{version} has the knowledge-base fingerprint {kb_fingerprint[:12]}... but other "

@@ -19,8 +19,9 @@ from models.caption_text import CaptionTokenizer
 from models.captioner import Captioner
 from proto import caption_pb2, caption_pb2_grpc
 from server.app import ServerConfig, SpeechServer, start_server
-from server.captioner import CaptionerModel, ImageLimits, decode_image, load_captioner_models
+from server.captioner import CaptionerModel, ImageLimits, decode_image
 from server.errors import RequestError
+from server.repository import load_task_models
 from tests.captioner_tiny import CAPTIONS, picture, picture_bytes
 
 CaptionerModels = dict[str, dict[int, CaptionerModel]]
@@ -40,7 +41,7 @@ def caption_repo(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture
 def captioner_models(caption_repo: Path) -> CaptionerModels:
-    return load_captioner_models(caption_repo, intra_op_threads=1)
+    return load_task_models(caption_repo, "captioner", intra_op_threads=1)
 
 
 @pytest.fixture

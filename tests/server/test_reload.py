@@ -140,26 +140,29 @@ async def test_a_version_failing_its_checksum_is_refused_and_the_old_one_serves(
 
 
 async def test_models_of_other_tasks_are_listed_not_loaded(start: StartServer, repo: Path) -> None:
-    """A model another API serves (here: a manifest of the captioner task) is not loaded by this store."""
+    """A model of a task no API serves, and a symptom_text model (a part of the diagnosis models), are
+    listed with the reason and refused by RepositoryModelLoad naming their task; polling skips them."""
     pytest.importorskip("tritonclient.grpc")
     import json
 
     from tritonclient.grpc.aio import InferenceServerClient
     from tritonclient.utils import InferenceServerException
 
-    from server.captioner import TASK as CAPTIONER_TASK
-
     server = await start(repo=repo)
-    folder = repo / "other" / "1"
-    shutil.copytree(repo / "speech_ctc" / "1", folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    (folder / "manifest.json").write_text(json.dumps({**manifest, "model": "other", "task": CAPTIONER_TASK}))
+    for name, task in (("other", "translation"), ("text", "symptom_text")):
+        folder = repo / name / "1"
+        shutil.copytree(repo / "speech_ctc" / "1", folder)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "model": name, "task": task}))
     async with InferenceServerClient(server.address) as client:
-        with pytest.raises(InferenceServerException) as e:
-            await client.load_model("other")
-        assert e.value.status() == "StatusCode.FAILED_PRECONDITION" and CAPTIONER_TASK in e.value.message()
+        for name, task in (("other", "translation"), ("text", "symptom_text")):
+            with pytest.raises(InferenceServerException) as e:
+                await client.load_model(name)
+            assert e.value.status() == "StatusCode.FAILED_PRECONDITION" and task in e.value.message()
+        await server.store.poll()  # type: ignore[union-attr]
         index = {(m.name, m.version): (m.state, m.reason) for m in (await client.get_model_repository_index()).models}
-    assert index[("other", "1")] == ("UNAVAILABLE", f"a {CAPTIONER_TASK} model: served by its own API only")
+    assert index[("other", "1")][0] == "UNAVAILABLE" and "no task this server serves" in index[("other", "1")][1]
+    assert index[("text", "1")][0] == "UNAVAILABLE" and "diagnosis models" in index[("text", "1")][1]
     assert index[("speech_ctc", "1")] == ("READY", "")
 
 

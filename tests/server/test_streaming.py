@@ -16,14 +16,13 @@ from models.ctc_text import greedy_decode, greedy_word_timings
 from proto import speech_pb2, speech_pb2_grpc
 from server.app import SpeechServer
 from server.errors import RequestError
-from server.repository import load_speech_models
+from server.repository import load_speech_models, load_task_models
 from server.streaming import (
     ChunkJob,
     ChunkOutput,
     RecognitionStream,
     StreamLimits,
     StreamOptions,
-    load_streaming_models,
 )
 from tests.server.conftest import StartServer
 from tests.server.helpers import SAMPLE_RATE_HZ, encode, make_clip, pcm16, wait_until
@@ -203,7 +202,7 @@ async def test_cancel_frees_the_stream(start: StartServer, streaming_repo: Path)
 
 
 async def test_stream_longer_than_the_limit_is_out_of_range(streaming_repo: Path) -> None:
-    model = load_streaming_models(streaming_repo, 1)["speech_ctc_streaming"][1]
+    model = load_task_models(streaming_repo, "speech_ctc_streaming", 1)["speech_ctc_streaming"][1]
 
     async def submit(job: ChunkJob) -> ChunkOutput:
         [out] = model.run_batch([job])
