@@ -5,6 +5,7 @@ versions picked up by polling and served, listed by KServe; an open stream keeps
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from proto import caption_pb2, caption_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.app import ServerConfig, start_server
 from server.batcher import BatcherClosedError
 from server.streaming import warmup_job
+from server.tensor_batch import warmup_request
 from tests.captioner_tiny import picture_bytes
 from tests.server.helpers import SAMPLE_RATE_HZ, make_clip, pcm16, wait_until
 from tests.server.test_caption_service import caption_repo  # noqa: F401  (fixture)
@@ -243,5 +245,50 @@ async def test_provider_cpu_serves(tiny_repo: Path, clips: list[bytes]) -> None:
             reply = await speech_pb2_grpc.SpeechStub(channel).Recognize(
                 speech_pb2.RecognizeRequest(audio=clips[0]), timeout=20)
         assert reply.model_version == 1
+    finally:
+        await server.stop(0)
+
+
+async def test_a_new_symptom_text_version_reloads_its_diagnosis_models(tmp_path: Path) -> None:
+    """The bundled diagnosis model and its free-text model (hard links: nothing is copied): a newer
+    symptom_text version of the same knowledge base swaps in a diagnosis version that uses it; the old
+    one drains. Withdrawing it swaps back."""
+    from proto import diagnosis_pb2, diagnosis_pb2_grpc
+    from server.repository import default_repo
+
+    bundled = default_repo()
+    if not ((bundled / "diagnosis" / "1").is_dir() and (bundled / "symptom_text" / "1").is_dir()):
+        pytest.skip("the bundled diagnosis and symptom_text models are not in this checkout")
+    repo = tmp_path / "repo"
+    for name in ("diagnosis", "symptom_text"):
+        shutil.copytree(bundled / name, repo / name, copy_function=os.link)
+    server = await start_server(config(repo, poll_repository_s=0.2))
+
+    def text_version() -> int:
+        text = server.diagnosis["diagnosis"][1].model.text
+        return text.version if text is not None else 0
+
+    try:
+        old = server.diagnosis["diagnosis"][1]
+        assert text_version() == 1
+        with staged_version(repo, "symptom_text", 2) as (tmp, _):
+            for f in (repo / "symptom_text" / "1").iterdir():
+                os.link(f, tmp / f.name)
+        await wait_until(lambda: text_version() == 2, timeout_s=60)
+        async with grpc.aio.insecure_channel(server.address) as channel, \
+                InferenceServerClient(server.address) as client:
+            reply = await diagnosis_pb2_grpc.DiagnosisStub(channel).Diagnose(
+                diagnosis_pb2.DiagnoseRequest(text="I have a bad headache and a fever"), timeout=30)
+            assert reply.understood and reply.diseases
+            models = (await client.get_model_repository_index()).models
+        index = {(m.name, m.version): (m.state, m.reason) for m in models}
+        assert index[("diagnosis", "1")] == ("READY", "")
+        state, reason = index[("symptom_text", "2")]
+        assert state == "UNAVAILABLE" and "diagnosis models" in reason
+        await asyncio.sleep(0.5)  # past retire_after_s: the replaced diagnosis version drains
+        with pytest.raises(BatcherClosedError):
+            await old.batcher.submit(warmup_request(old.model.engine.manifest))  # type: ignore[arg-type]
+        shutil.rmtree(repo / "symptom_text" / "2")
+        await wait_until(lambda: text_version() == 1, timeout_s=60)
     finally:
         await server.stop(0)
