@@ -81,6 +81,7 @@ if str(ROOT) not in sys.path:  # `python bench/serving.py` from the repository r
     sys.path.insert(0, str(ROOT))
 
 from proto import speech_pb2, speech_pb2_grpc  # noqa: E402
+from server.speech_ctc import SpeechCTCModel  # noqa: E402
 
 logger = logging.getLogger("bench.serving")
 
@@ -285,24 +286,41 @@ def torchserve_stubs(workdir: Path) -> tuple[ModuleType, ModuleType]:
 # Clients: one `send(clip index)` per target, the transcript of each clip, the server's batch counts
 
 
+@dataclass(frozen=True)
+class BatchTotals:
+    """Server-side counts so far: engine runs, the requests they carried, and (nui only, from its metrics)
+    the summed run time of those batches and the summed queue wait of those requests."""
+
+    runs: float
+    items: float
+    compute_s: float = float("nan")
+    queue_s: float = float("nan")
+
+
 @dataclass
 class Client:
     send: Callable[[int], Awaitable[str]]  # -> the transcript
-    batch_totals: Callable[[], tuple[float, float]]  # (engine runs, requests they carried) so far, server-side
+    batch_totals: Callable[[], BatchTotals]
 
 
-def nui_batch_totals(metrics_address: str, model: str) -> tuple[float, float]:
-    """(engine runs, requests in them) of `model` from nui's Prometheus `nui_batch_size` histogram."""
+# nui's Prometheus histograms -> BatchTotals fields (their _count is the runs / requests they cover).
+_NUI_TOTALS = {"nui_batch_size_count": "runs", "nui_batch_size_sum": "items",
+               "nui_compute_duration_seconds_sum": "compute_s", "nui_queue_duration_seconds_sum": "queue_s"}
+
+
+def nui_batch_totals(metrics_address: str, model: str) -> BatchTotals:
+    """`model`'s batch counts and times from nui's Prometheus histograms (nui_batch_size, nui_compute_duration_seconds
+    = one batch run: engine + decoding, nui_queue_duration_seconds = submit -> start of the item's run)."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    totals = {"nui_batch_size_count": 0.0, "nui_batch_size_sum": 0.0}
+    totals = dict.fromkeys(_NUI_TOTALS.values(), 0.0)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name in totals and sample.labels.get("model") == model:
-                totals[sample.name] += sample.value
-    return totals["nui_batch_size_count"], totals["nui_batch_size_sum"]
+            if sample.name in _NUI_TOTALS and sample.labels.get("model") == model:
+                totals[_NUI_TOTALS[sample.name]] += sample.value
+    return BatchTotals(**totals)
 
 
 @contextlib.asynccontextmanager
@@ -324,7 +342,7 @@ async def client_for(target: str, server: Any, model: str, wavs: Sequence[bytes]
                 totals[1] += 1.0
                 return str(answer["transcript"])
 
-            yield Client(send_ts, lambda: (totals[0], totals[1]))
+            yield Client(send_ts, lambda: BatchTotals(totals[0], totals[1]))
             return
         if target == "triton":
             yield triton_client(channel, model, wavs, timeout_s)
@@ -360,13 +378,15 @@ def triton_client(channel: grpc.aio.Channel, model: str, wavs: Sequence[bytes], 
         totals[1] += 1.0
         return raw["transcript"][4:].decode()
 
-    return Client(send, lambda: (totals[0], totals[1]))
+    return Client(send, lambda: BatchTotals(totals[0], totals[1]))
 
 
 @dataclass(frozen=True)
 class TargetRow:
     row: Any  # bench/speech_ctc.py ServerRow
     mean_batch_size: float  # requests per engine run over the whole run (warm-up and drain included)
+    mean_run_ms: float  # nui: wall time of one batch run (engine + decoding), NaN for the peers
+    mean_queue_ms: float  # nui: a request's wait in the batcher queue, NaN for the peers
     load_average_1m: float  # at the start of the run
 
 
@@ -375,19 +395,23 @@ async def measure(target: str, client: Client, clips: Sequence[Any], concurrency
     """One closed-loop run of `concurrency` workers against one target."""
     setup = setup_of(target, settings)
     load_1m = os.getloadavg()[0]
-    runs0, items0 = await asyncio.to_thread(client.batch_totals)
+    before = await asyncio.to_thread(client.batch_totals)
     total_s = settings.warmup_s + settings.duration_s
     with tqdm(total=round(total_s, 1), desc=f"{setup.name}, C={concurrency}", unit="s", leave=False,
               disable=None, bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s{postfix}") as bar:
         result = await speech_bench.closed_loop(
             client.send, [c.duration_s for c in clips], concurrency, settings.warmup_s, settings.duration_s,
             functools.partial(speech_bench._show_progress, bar))
-    runs1, items1 = await asyncio.to_thread(client.batch_totals)
+    after = await asyncio.to_thread(client.batch_totals)
     row = speech_bench.summarize(setup, concurrency, result)
-    mean_batch = (items1 - items0) / (runs1 - runs0) if runs1 > runs0 else float("nan")
-    logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, %d errors", row.config,
-                concurrency, row.req_per_s, row.p50_ms, row.p99_ms, mean_batch, row.error_count)
-    return TargetRow(row, mean_batch, load_1m)
+    runs, items = after.runs - before.runs, after.items - before.items
+    mean_batch = items / runs if runs > 0 else float("nan")
+    run_ms = 1e3 * (after.compute_s - before.compute_s) / runs if runs > 0 else float("nan")
+    queue_ms = 1e3 * (after.queue_s - before.queue_s) / items if items > 0 else float("nan")
+    logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, run %.0f ms, queue %.0f ms, %d errors",
+                row.config, concurrency, row.req_per_s, row.p50_ms, row.p99_ms, mean_batch, run_ms, queue_ms,
+                row.error_count)
+    return TargetRow(row, mean_batch, run_ms, queue_ms, load_1m)
 
 
 async def load_all(servers: dict[str, Any], model: str, clips: Sequence[Any], settings: Settings,
@@ -457,16 +481,23 @@ def run_targets(repo: Path, model: str, clips: Sequence[Any], settings: Settings
 
 
 def format_table(rows: Sequence[TargetRow]) -> str:
-    """One line per (target, concurrency); errors: all non-OK (RESOURCE_EXHAUSTED in brackets)."""
+    """One line per (target, concurrency); errors: all non-OK (RESOURCE_EXHAUSTED in brackets); run ms and
+    queue ms (nui only): one batch run's wall time, one request's wait in the queue."""
     width = max([10, *(len(r.row.config) for r in rows)])
     lines = [f"{'server':<{width}} {'C':>3} {'req/s':>7} {'audio s/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-             f"{'batch':>6} {'errors':>7} {'load':>5}"]
+             f"{'batch':>6} {'run ms':>6} {'queue ms':>8} {'errors':>7} {'load':>5}"]
     for t in rows:
         r = t.row
         lines.append(f"{r.config:<{width}} {r.concurrency:>3} {r.req_per_s:>7.1f} {r.audio_s_per_s:>9.1f} "
-                     f"{r.p50_ms:>7.0f} {r.p99_ms:>7.0f} {t.mean_batch_size:>6.1f} "
+                     f"{r.p50_ms:>7.0f} {r.p99_ms:>7.0f} {t.mean_batch_size:>6.1f} {t.mean_run_ms:>6.0f} "
+                     f"{t.mean_queue_ms:>8.0f} "
                      f"{f'{r.error_count} ({r.resource_exhausted})':>7} {t.load_average_1m:>5.1f}")
     return "\n".join(lines)
+
+
+def _number(x: float) -> float | None:
+    """NaN (a figure a target does not report) as JSON null."""
+    return None if np.isnan(x) else x
 
 
 def latest_version_dir(repo: Path, model: str) -> Path:
@@ -574,12 +605,15 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"repo": str(source.repo), "name": source.model, "version": int(version_dir.name),
                   "source": source.source, "config": manifest["config"], "precision": manifest.get("precision")},
         "settings": asdict(settings), "skipped": skipped,
+        # nui's speech batcher forms batches of similar clip lengths (server/batcher.py size_of)
+        "nui_batching": {"size_of": "samples", "max_padding_waste": SpeechCTCModel.max_padding_waste},
         "onnxruntime_settings": {"intra_op_num_threads": settings.intra_op_threads, "inter_op_num_threads": 1,
                                  "execution_mode": "sequential", "allow_spinning": 0, "provider": "CPU"},
         "clips": [{"voice": c.voice_id, "text": c.text, "duration_s": c.duration_s} for c in clips],
         "transcripts_match": all(s["transcripts"] == reference for s in servers),
         "servers": servers,
         "rows": [{**asdict(t.row), "error_count": t.row.error_count, "mean_batch_size": t.mean_batch_size,
+                  "mean_run_ms": _number(t.mean_run_ms), "mean_queue_ms": _number(t.mean_queue_ms),
                   "load_average_1m_at_start": t.load_average_1m} for t in rows],
     }
     png = args.out.with_suffix(".png")

@@ -9,7 +9,8 @@ No gRPC and no torch here, so the server and the in-process `nui transcribe` sha
 `run_batch` is the dynamic batcher's batch function: it pads the waveforms to the longest, runs the
 engine once, slices each utterance's valid frames (`out_lengths`) and decodes each one on its own, so a
 decoding failure is returned for that utterance only. Padding never changes valid frames (the model is
-batch-invariant), so a clip's transcript does not depend on its batch-mates.
+batch-invariant), so a clip's transcript does not depend on its batch-mates. Padding does cost engine
+work, so the batcher groups clips of similar length (`padded_size`, `max_padding_waste`).
 
 Decoding is pluggable (`CTCDecoder`): greedy always; beam search with an n-gram LM
 (`models.ctc_beam`) when the manifest's extras name LM files, which `load_lm_decoder` reads:
@@ -34,6 +35,7 @@ from models.ctc_beam import BeamOptions, CTCBeamDecoder
 from models.ctc_text import VOCAB, WordTiming, greedy_decode, greedy_word_timings
 from server.audio import AudioEncoding, AudioLimits, decode_audio, resample
 from server.errors import invalid_argument
+from server.tensor_batch import TensorRequest
 
 TASK = "speech_ctc"
 INPUT_AUDIO, INPUT_LENGTHS = "audio", "audio_lengths"
@@ -167,6 +169,10 @@ class Utterance:
 class SpeechCTCModel:
     """A loaded speech CTC engine with its decoders; `prepare` validates, `run_batch` recognizes."""
 
+    # Padding share one batch may carry (DynamicBatcher max_padding_waste). On a CPU a batch saves little
+    # per clip (bench/results/batching_profile.md), so batches of near-equal lengths cost least.
+    max_padding_waste = 0.2
+
     def __init__(self, engine: Engine, lm_decoder: CTCDecoder | None = None) -> None:
         manifest = engine.manifest
         where = f"{engine.name} version {engine.version}"
@@ -213,6 +219,14 @@ class SpeechCTCModel:
         return Utterance(samples=samples, audio_duration_s=decoded.duration_s, words=options.words,
                          use_lm=use_lm, max_alternatives=max(1, options.max_alternatives),
                          request_id=request_id)
+
+    @staticmethod
+    def padded_size(item: Utterance | TensorRequest) -> int:
+        """Samples per row an item of this model's batcher is padded to (DynamicBatcher `size_of`): its
+        waveform, or a KServe request's `audio` width (those ride along in the same runs)."""
+        if isinstance(item, Utterance):
+            return len(item.samples)
+        return int(item.inputs[INPUT_AUDIO].shape[1])
 
     def run_batch(self, utterances: list[Utterance]) -> list[Recognition | Exception]:
         """One engine run for the batch; each utterance gets its Recognition or its own exception."""
