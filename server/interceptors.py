@@ -5,6 +5,9 @@
 - Metrics: `nui_requests_total{service,method,code}` and the duration histogram (server/metrics.py).
 - Access log (logger `server.access`): service, method, code, duration; never payloads. OK at DEBUG,
   other codes at INFO. With `--log-format json` the fields come as a JSON object under "rpc".
+- Undecodable messages: a request (or a stream message) that is not a valid protobuf message of the
+  method's type is answered INVALID_ARGUMENT; left to grpc it would be UNKNOWN with a traceback in the
+  log for a unary call, and INTERNAL from the servicer for a stream message.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 import grpc
 
+from server.errors import invalid_argument
 from server.metrics import ServerMetrics
 
 access_logger = logging.getLogger("server.access")
@@ -40,6 +44,39 @@ def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) 
     if isinstance(code, grpc.StatusCode):
         return code
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+
+
+class _Undecodable:
+    """Stands in for a request message whose bytes did not parse."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """The handler's deserializer, returning `_Undecodable` instead of raising."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:  # protobuf's DecodeError, or whatever a custom deserializer raises
+            return _Undecodable(e)
+    return parse
+
+
+def _undecodable_message(service: str, method: str, request: _Undecodable) -> str:
+    return (f"the request is not a valid protobuf message for {service}/{method} "
+            f"({type(request.error).__name__}); check the client's .proto against the server's")
+
+
+async def _decoded(requests: AsyncIterator[Any], service: str, method: str) -> AsyncIterator[Any]:
+    """A stream's messages; the first undecodable one raises RequestError (INVALID_ARGUMENT) in the servicer."""
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise invalid_argument(_undecodable_message(service, method, request))
+        yield request
 
 
 class ServingInterceptor(grpc.aio.ServerInterceptor):
@@ -68,10 +105,15 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         authorized = self._authorized(details, service)
         done = self._recorder(service, method)
 
-        async def check(context: grpc.aio.ServicerContext) -> None:
+        async def check(context: grpc.aio.ServicerContext, request: Any) -> None:
             if not authorized:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                     "missing or wrong 'authorization: Bearer <token>' metadata")
+            if isinstance(request, _Undecodable):
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _undecodable_message(service, method, request))
+
+        streamed_requests = bool(handler.stream_unary or handler.stream_stream)
+        deserializer = _lenient(handler.request_deserializer)
 
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
@@ -79,8 +121,9 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 started, error = time.monotonic(), None
                 try:
-                    await check(context)
-                    return await inner(request, context)
+                    await check(context, request)
+                    return await inner(_decoded(request, service, method) if streamed_requests else request,
+                                       context)
                 except BaseException as e:
                     error = e
                     raise
@@ -89,7 +132,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
             make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
                     else grpc.stream_unary_rpc_method_handler)
-            return make(unary_response, request_deserializer=handler.request_deserializer,
+            return make(unary_response, request_deserializer=deserializer,
                         response_serializer=handler.response_serializer)
 
         inner_stream = handler.unary_stream or handler.stream_stream
@@ -97,8 +140,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             started, error = time.monotonic(), None
             try:
-                await check(context)
-                result = inner_stream(request, context)
+                await check(context, request)
+                result = inner_stream(_decoded(request, service, method) if streamed_requests else request, context)
                 if inspect.isasyncgen(result):
                     async for reply in result:
                         yield reply
@@ -112,7 +155,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
         make_stream = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
                        else grpc.stream_stream_rpc_method_handler)
-        return make_stream(stream_response, request_deserializer=handler.request_deserializer,
+        return make_stream(stream_response, request_deserializer=deserializer,
                            response_serializer=handler.response_serializer)
 
     def _recorder(self, service: str, method: str) -> Callable[[grpc.StatusCode, float], None]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -143,7 +144,7 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
         shape = list(tensor.shape)
         if any(d < 0 for d in shape):
             raise invalid_argument(f"input {name!r} has shape {shape}; sizes must be >= 0")
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        count = math.prod(shape)  # exact: np.prod in int64 wraps (2**32 x 2**32 -> 0) and 0 bytes would "fit"
         if request.raw_input_contents:
             raw = request.raw_input_contents[i]
             if len(raw) != count * dtype.itemsize:
@@ -158,7 +159,10 @@ def decode_inputs(request: pb.ModelInferRequest) -> dict[str, np.ndarray]:
                 raise invalid_argument(f"input {name!r}: contents.{field} holds {len(values)} values; shape "
                                        f"{shape} needs {count}")
             array = np.asarray(values, dtype=dtype)
-        arrays[name] = array.reshape(shape)
+        try:
+            arrays[name] = array.reshape(shape)
+        except ValueError as e:  # a zero-size shape with an axis too large for numpy ([0, 2**62])
+            raise invalid_argument(f"input {name!r} has shape {shape[:8]}, which is too large: {e}") from None
     return arrays
 
 
@@ -307,18 +311,26 @@ class KServeServicer:
                     infer_response=pb.ModelInferResponse(model_name=request.model_name, id=request.id)))
 
         async def read() -> None:
-            async for request in requests:
-                task = asyncio.get_running_loop().create_task(one(request))
-                running.add(task)
-                task.add_done_callback(running.discard)
-            await asyncio.gather(*list(running))
-            await answers.put(None)
+            try:
+                async for request in requests:
+                    task = asyncio.get_running_loop().create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*list(running))
+            finally:  # also when the request stream breaks (an undecodable message): the answers end, no hang
+                await answers.put(None)
 
         reader = asyncio.get_running_loop().create_task(read())
         try:
             while (answer := await answers.get()) is not None:
                 yield answer
-            await reader
+            try:
+                await reader
+            except Exception as e:  # the request stream broke: its status; abort() must run outside this block
+                code, message = status_of(e, "-")
+            else:
+                return
+            await context.abort(code, message)
         finally:
             reader.cancel()
             for task in list(running):

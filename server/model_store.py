@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from server.captioner import CaptionBatching, ServedCaptioner, load_captioner_ve
 from server.diagnosis import TASK as DIAGNOSIS_TASK
 from server.diagnosis import DiagnosisServingModel, load_diagnosis_model
 from server.diagnosis_service import ServedDiagnosisModel
-from server.errors import RequestError, not_found
+from server.errors import RequestError, invalid_argument, not_found
 from server.metrics import ServerMetrics
 from server.speech_ctc import TASK as SPEECH_TASK
 from server.speech_ctc import SpeechCTCModel, load_lm_decoder
@@ -55,6 +56,8 @@ from server.symptom_text import text_model_version
 from server.tensor_batch import tensor_batching, warmup_request
 
 logger = logging.getLogger(__name__)
+
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a model folder of the repository
 
 ObserverFor = Callable[[str, int], BatchObserver]  # (model label, version) -> batch observer (metrics)
 Models = dict[str, dict[int, Any]]  # {name: {version: loaded model or served version}}
@@ -270,6 +273,9 @@ class ModelStore:
             await self._changed(before)
 
     async def _load(self, name: str) -> None:
+        if not MODEL_NAME.fullmatch(name):  # before any path is built from it: no "../", no "/etc"
+            raise invalid_argument(f"model_name {name[:100]!r} is not a repository model name (1-100 letters, "
+                                   "digits, '_', '.' or '-', starting with a letter or digit)")
         async with self._lock:
             self._unloaded.discard(name)
             on_disk = model_versions(self.repo, name)

@@ -1,0 +1,99 @@
+"""Regression tests for what bench/fuzz.py found: undecodable messages, KServe shapes numpy cannot hold,
+a broken ModelStreamInfer request stream, repository model names that leave the repository."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from proto import kserve_pb2, speech_pb2, speech_pb2_grpc
+from server.errors import RequestError
+from server.kserve import decode_inputs
+from server.metrics import ServerMetrics
+from server.model_store import BatchSettings, ModelStore
+from tests.server.conftest import StartServer
+from tests.server.helpers import encode, make_clip
+
+UNDECODABLE = b"\xff\xff\xff"  # a field tag whose varint never ends
+
+
+def test_the_test_bytes_do_not_parse() -> None:
+    with pytest.raises(Exception, match="Error parsing"):
+        speech_pb2.RecognizeRequest.FromString(UNDECODABLE)
+
+
+@pytest.mark.parametrize("method", ["/nui.v1.Speech/Recognize", "/inference.GRPCInferenceService/ModelInfer",
+                                    "/inference.GRPCInferenceService/ModelMetadata"])
+async def test_an_undecodable_request_is_invalid_argument_not_unknown(start: StartServer, method: str) -> None:
+    server = await start()
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await channel.unary_unary(method)(UNDECODABLE, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+        assert f"not a valid protobuf message for {method.lstrip('/')}" in (e.value.details() or "")
+        answer = await speech_pb2_grpc.SpeechStub(channel).Recognize(
+            speech_pb2.RecognizeRequest(audio=encode(make_clip(0.3, seed=1))), timeout=30)
+        assert answer.results  # the server still answers
+
+
+@pytest.mark.parametrize("first_valid", [False, True])
+async def test_an_undecodable_stream_message_is_invalid_argument(start: StartServer, first_valid: bool) -> None:
+    server = await start()
+    config = speech_pb2.StreamingRecognizeRequest(config=speech_pb2.RecognitionConfig(
+        encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=16000)).SerializeToString()
+    call = None
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.stream_stream("/nui.v1.Speech/StreamingRecognize")(
+            iter([config, UNDECODABLE] if first_valid else [UNDECODABLE]), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            async for _ in call:
+                pass
+    # without a streaming model the valid first message ends the call first (FAILED_PRECONDITION)
+    expected = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION} if first_valid else {
+        grpc.StatusCode.INVALID_ARGUMENT}
+    assert e.value.code() in expected, e.value.details()
+
+
+async def test_model_stream_infer_with_an_undecodable_message_ends_instead_of_hanging(start: StartServer) -> None:
+    server = await start()
+    valid = kserve_pb2.ModelInferRequest(
+        model_name="speech_ctc", id="ok",
+        inputs=[kserve_pb2.ModelInferRequest.InferInputTensor(name="audio", datatype="FP32", shape=[1, 4000]),
+                kserve_pb2.ModelInferRequest.InferInputTensor(name="audio_lengths", datatype="INT64", shape=[1])],
+        raw_input_contents=[make_clip(0.25, seed=2).tobytes(), np.array([4000], np.int64).tobytes()])
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")(
+            iter([valid.SerializeToString(), UNDECODABLE]), timeout=20)
+
+        async def drain() -> None:
+            async for _ in call:
+                pass
+
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await asyncio.wait_for(drain(), timeout=15)  # a TimeoutError here is the hang this test guards
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+
+
+@pytest.mark.parametrize("shape", [[2**32, 2**32, 1], [0, 2**62], [0, 2**63 - 1, 4]])
+def test_kserve_shapes_numpy_cannot_hold_are_invalid_argument(shape: list[int]) -> None:
+    request = kserve_pb2.ModelInferRequest(
+        inputs=[kserve_pb2.ModelInferRequest.InferInputTensor(name="audio", datatype="FP32", shape=shape)],
+        raw_input_contents=[b""])
+    with pytest.raises(RequestError) as e:
+        decode_inputs(request)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "input 'audio'" in e.value.message
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc", "", "x" * 300, "a/b", ".hidden"])
+async def test_repository_load_refuses_names_that_are_not_a_model_folder(tmp_path: Path, name: str) -> None:
+    (tmp_path / "outside" / "1").mkdir(parents=True)  # what "../outside" would reach
+    (tmp_path / "repo").mkdir()
+    store = ModelStore(tmp_path / "repo", BatchSettings(max_batch_size=1, max_queue_delay_ms=1.0, max_queue_size=4),
+                       ServerMetrics())
+    with pytest.raises(RequestError) as e:
+        await store.load(name)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "model_name" in e.value.message
