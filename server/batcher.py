@@ -13,6 +13,10 @@ response per request, one bad request never fails its batch-mates).
   their results are discarded.
 - `run_batch` raising as a whole: the items are re-run one by one, so only the bad one fails.
 - `close()` refuses new items (`BatcherClosedError`, UNAVAILABLE) and finishes the queued ones.
+- `max_concurrent_runs` (default 1): batches that may run at once, each in its own thread (Triton's
+  model instances). On a CPU, two runs of one ONNX Runtime thread each keep two cores busy without the
+  per-operator thread hand-offs of one run on two threads, and one batch's decoding overlaps the other's
+  engine run.
 - `observer` (optional) gets a `BatchRecord` after every engine run (metrics), so the batcher itself
   knows nothing of how it is reported.
 - `size_of` (optional): the size an item is padded to in a batch (e.g. audio samples). Batches are then
@@ -110,13 +114,16 @@ class DynamicBatcher(Generic[T, R]):
 
     def __init__(self, run_batch: RunBatch[T, R], max_batch_size: int, max_queue_delay_ms: float,
                  max_queue_size: int, *, name: str = "batcher", observer: BatchObserver | None = None,
-                 size_of: SizeOf[T] | None = None, max_padding_waste: float = 1.0) -> None:
+                 size_of: SizeOf[T] | None = None, max_padding_waste: float = 1.0,
+                 max_concurrent_runs: int = 1) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_ms < 0:
             raise ValueError(f"max_queue_delay_ms must be >= 0, got {max_queue_delay_ms}")
         if max_queue_size < 1:
             raise ValueError(f"max_queue_size must be >= 1, got {max_queue_size}")
+        if max_concurrent_runs < 1:
+            raise ValueError(f"max_concurrent_runs must be >= 1, got {max_concurrent_runs}")
         if not 0.0 <= max_padding_waste <= 1.0:
             raise ValueError(f"max_padding_waste must be in [0, 1], got {max_padding_waste}")
         self._run_batch = run_batch
@@ -131,8 +138,9 @@ class DynamicBatcher(Generic[T, R]):
         self._queue: collections.deque[_Pending[T, R]] = collections.deque()
         self._wakeup = asyncio.Event()
         self._closing = False
-        # One thread per batcher: its model runs one batch at a time, and nothing else shares the pool.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self.max_concurrent_runs = max_concurrent_runs
+        # One thread per concurrent run, shared with nothing else.
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrent_runs, thread_name_prefix=name)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{name}-worker")
 
     @property
@@ -186,19 +194,32 @@ class DynamicBatcher(Generic[T, R]):
         self._executor.shutdown(wait=True)
 
     async def _work(self) -> None:
+        """Form a batch whenever fewer than `max_concurrent_runs` are running (with one, the next batch
+        forms only after the last one finished, gathering what arrived meanwhile)."""
+        free = asyncio.Semaphore(self.max_concurrent_runs)
+        running: set[asyncio.Task[None]] = set()
         while True:
+            await free.acquire()
             batch = await self._next_batch()
-            if batch is None:
-                return
-            if not batch:  # every caller of this batch left or expired
+            if not batch:  # closed and drained (None), or every caller of this batch left or expired
+                free.release()
+                if batch is None:
+                    break
                 continue
-            try:
-                await self._run(batch)
-            except Exception as e:  # a broken invariant: fail this batch's callers rather than hang them
-                logger.exception("%s: internal error while running a batch of %d", self.name, len(batch))
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(e)
+            task = asyncio.get_running_loop().create_task(self._run_guarded(batch))
+            running.add(task)
+            task.add_done_callback(running.discard)
+            task.add_done_callback(lambda _: free.release())
+        await asyncio.gather(*running)
+
+    async def _run_guarded(self, batch: list[_Pending[T, R]]) -> None:
+        try:
+            await self._run(batch)
+        except Exception as e:  # a broken invariant: fail this batch's callers rather than hang them
+            logger.exception("%s: internal error while running a batch of %d", self.name, len(batch))
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(e)
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
         """Wait for a first item, then up to the delay for more; None when closed and drained."""

@@ -1,10 +1,12 @@
 """DynamicBatcher with `size_of`: batches of similar sizes, the oldest item first, the padding-waste cap,
-and the usual contracts (deadlines, cancellation, per-item errors) on that path. Items are ints that are
-their own size; a held first batch lets the queue fill, so every batch below is formed deterministically."""
+and the usual contracts (deadlines, cancellation, per-item errors) on that path; `max_concurrent_runs`.
+Items are ints that are their own size; a held first batch lets the queue fill, so every batch below is
+formed deterministically."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
 import pytest
@@ -130,3 +132,53 @@ async def test_expired_and_cancelled_items_leave_the_queue_before_forming() -> N
 async def test_invalid_padding_cap(waste: float) -> None:
     with pytest.raises(ValueError, match="max_padding_waste"):
         DynamicBatcher(Recorder(), 4, 0, 8, size_of=_own_size, max_padding_waste=waste)
+
+
+class Gate:
+    """A run_batch that counts the runs inside it at once and holds each until `release` is set."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Semaphore(0)
+        self.release = threading.Event()
+        self._lock = threading.Lock()
+        self.active = self.max_active = 0
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self._lock:
+            self.active += 1
+            self.max_active = max(self.max_active, self.active)
+        self.entered.release()
+        self.release.wait(5)
+        with self._lock:
+            self.active -= 1
+        return [2 * i for i in items]
+
+
+async def test_concurrent_runs_overlap_up_to_the_limit_and_close_waits_for_them() -> None:
+    gate = Gate()
+    b = DynamicBatcher(gate, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=8, max_concurrent_runs=2)
+    tasks = [asyncio.create_task(b.submit(i)) for i in range(3)]
+    for _ in range(2):
+        assert await asyncio.to_thread(gate.entered.acquire, timeout=5)
+    assert b.queue_size == 1  # the third waits for a free run
+    closing = asyncio.create_task(b.close())
+    await asyncio.sleep(0.01)
+    assert not closing.done()
+    gate.release.set()
+    assert await asyncio.gather(*tasks) == [0, 2, 4]
+    await closing
+    assert gate.max_active == 2 and b.stats.runs == 3
+
+
+async def test_one_run_at_a_time_by_default() -> None:
+    gate = Gate()
+    gate.release.set()
+    b = DynamicBatcher(gate, max_batch_size=1, max_queue_delay_ms=0, max_queue_size=8)
+    assert await asyncio.gather(*(b.submit(i) for i in range(4))) == [0, 2, 4, 6]
+    assert gate.max_active == 1
+    await b.close()
+
+
+async def test_invalid_concurrent_runs() -> None:
+    with pytest.raises(ValueError, match="max_concurrent_runs"):
+        DynamicBatcher(Recorder(), 4, 0, 8, max_concurrent_runs=0)
