@@ -12,7 +12,7 @@ they mask padding (speech: `audio_lengths`; diagnosis: fixed shapes). An output 
 padded input axis is cut back to what the request alone would get (`SOLO_AXES`, e.g. speech frames from
 samples); for a task without such a rule, tensor requests only share runs with equal-shaped rows.
 
-    batch_fn = tensor_batching(model)             # model: SpeechCTCModel or DiagnosisServingModel
+    batch_fn = tensor_batching(model)             # SpeechCTCModel, DiagnosisServingModel, StreamingModel
     batcher = DynamicBatcher(batch_fn, 16, 5.0, 256)
     outputs = await batcher.submit(check_request(model.engine.manifest, inputs, "id-1", max_rows=16))
 """
@@ -220,7 +220,7 @@ class SharedRunEngine:
 
 
 class TaskModel(Protocol):
-    """What `tensor_batching` needs of a task model (SpeechCTCModel, DiagnosisServingModel)."""
+    """What `tensor_batching` needs of a task model (SpeechCTCModel, DiagnosisServingModel, StreamingModel)."""
 
     engine: Any
 
