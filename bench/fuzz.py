@@ -1,7 +1,8 @@
 """Robustness benchmark: seeded malformed requests over every public RPC of a real `nui serve`, an overload
 phase past its bounded queue, the server's memory throughout, and valid requests before and after.
 
-    python bench/fuzz.py                                   # bundled model_repository, 1,500 calls, ~3 min
+    python bench/fuzz.py                                   # bundled model_repository, 1,500 calls, ~1 min
+    python bench/fuzz.py --calls 10000 --overload-calls 96 --overload-s 60   # the issue's 10k + 60 s overload
     python bench/fuzz.py --repo R --calls 10000 --seed 1 --out bench/results/fuzz-10k.json
     python bench/fuzz.py --calls 120 --overload-calls 48 --quick-clips   # tiny run (the CI test)
 
@@ -18,9 +19,10 @@ Phases, each call with a deadline and an outer guard (deadline + 5 s) that would
    Diagnosis, Captioner; the Riva ASR API through nvidia-riva-client's own stubs; the KServe v2 protocol
    through tritonclient's own stubs; undecodable protobuf bytes on every unary method), run with
    `--concurrency` calls at a time; the same seed gives the same cases in the same order;
-3. overload: `--overload-calls` valid Recognize calls all at once (many more than the queue holds) and
-   2 x `--max-streams` concurrent streams -> OK vs RESOURCE_EXHAUSTED, no call lost, every answer
-   before its deadline;
+3. overload: 20 valid Recognize calls one at a time (unloaded latency), then `--overload-calls` of them
+   all at once (many more than the queue holds) and 2 x `--max-streams` concurrent streams, each caller
+   calling again until `--overload-s` have passed (0: once) -> OK vs RESOURCE_EXHAUSTED, no call lost,
+   every answer before its deadline, admitted p50/p99 vs unloaded;
 4. after: the valid requests again; each answer must equal the baseline's (transcripts, caption texts,
    disease ranking; tensors within 1e-4).
 RSS (VmRSS of /proc/<pid>/status) is read at start and after each phase (and every tenth of the fuzz
@@ -58,7 +60,7 @@ import time
 import urllib.request
 import zlib
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -226,24 +228,31 @@ async def call_once(stubs: Stubs, case: Case, deadline_s: float, phase: str) -> 
     return Record(phase, case.rpc, case.kind, code, elapsed, deadline_s, detail), response
 
 
-async def run_cases(address: str, cases: Sequence[Case], concurrency: int, deadline_s: float, phase: str,
-                    on_done: Callable[[int], None] | None = None) -> list[tuple[Record, Any]]:
-    """All cases, at most `concurrency` at a time, over one channel; results in case order."""
+async def run_cases(address: str, cases: Iterable[Case], concurrency: int, deadline_s: float, phase: str,
+                    on_done: Callable[[int], None] | None = None, repeat_s: float = 0.0
+                    ) -> list[tuple[Record, Any]]:
+    """All cases, at most `concurrency` at a time, over one channel, each drawn from `cases` when a
+    caller is free (a generator is never held in memory whole); results in case order. With `repeat_s`
+    > 0 a caller repeats its case again and again for that long (closed loop)."""
     options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
     async with grpc.aio.insecure_channel(address, options=options) as channel:
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stubs = Stubs.of(channel)
-        gate = asyncio.Semaphore(concurrency)
-        results: list[tuple[Record, Any] | None] = [None] * len(cases)
+        numbered = enumerate(cases)  # shared by the callers: each takes the next case when free
+        results: dict[int, tuple[Record, Any]] = {}
+        repeats: list[tuple[Record, Any]] = []
+        until = time.perf_counter() + repeat_s
 
-        async def one(i: int) -> None:
-            async with gate:
-                results[i] = await call_once(stubs, cases[i], deadline_s, phase)
-            if on_done is not None:
-                on_done(i)
+        async def caller() -> None:
+            for i, case in numbered:
+                results[i] = await call_once(stubs, case, deadline_s, phase)
+                while time.perf_counter() < until:
+                    repeats.append(await call_once(stubs, case, deadline_s, phase))
+                if on_done is not None:
+                    on_done(i)
 
-        await asyncio.gather(*(one(i) for i in range(len(cases))))
-    return [r for r in results if r is not None]
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+    return [results[i] for i in sorted(results)] + repeats
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,6 +335,12 @@ async def tensor_models(address: str, manifests: dict[str, dict[str, Any]]) -> l
 # Generators: rng -> one malformed case per call, each spelling out what it breaks
 
 
+def _pick(rng: np.random.Generator, options: Sequence[str]) -> str:
+    """One of `options`, drawn by index: rng.choice on strings goes through a numpy array, which drops
+    trailing NUL characters ("\\x00" would become "")."""
+    return options[int(rng.integers(len(options)))]
+
+
 def _garbage(rng: np.random.Generator, max_bytes: int = 4096) -> bytes:
     return rng.bytes(int(rng.integers(1, max_bytes)))
 
@@ -388,7 +403,7 @@ def gen_speech_recognize(rng: np.random.Generator, inp: Inputs) -> Case:
         kind, request = "LINEAR_PCM odd byte count / no rate", speech_pb2.RecognizeRequest(
             config=c(encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=int(rng.choice([0, RATE_HZ]))), audio=odd)
     elif choice == 4:
-        field_name = str(rng.choice(["encoding", "decoder"]))
+        field_name = _pick(rng, ["encoding", "decoder"])
         config = c()
         setattr(config, field_name, int(rng.choice([2, 3, 99, -1])))  # 2: LINEAR_FLOAT32 is streaming only
         kind, request = f"bad enum {field_name}", speech_pb2.RecognizeRequest(config=config, audio=wav)
@@ -396,14 +411,14 @@ def gen_speech_recognize(rng: np.random.Generator, inp: Inputs) -> Case:
         kind, request = "max_alternatives out of range", speech_pb2.RecognizeRequest(
             config=c(max_alternatives=int(rng.choice([-1, 11, 2**31 - 1]))), audio=wav)
     elif choice == 6:
-        model, version = (str(rng.choice(["nope", "diagnosis", "captioner", "../speech_ctc", "x" * 500])),
+        model, version = (_pick(rng, ["nope", "diagnosis", "captioner", "../speech_ctc", "x" * 500]),
                           int(rng.choice([0, 999, -5])))
         if rng.random() < 0.4:
             model = ""
         kind, request = "unknown model/version", speech_pb2.RecognizeRequest(
             config=c(model=model, model_version=version), audio=wav)
     else:
-        rid = str(rng.choice(["x" * 129, "bad\nid", "\x00", "é" * 200]))
+        rid = _pick(rng, ["x" * 129, "bad\nid", "\x00", "é" * 200])
         kind, request = "bad request_id", speech_pb2.RecognizeRequest(audio=wav, request_id=rid)
     return Case("Speech/Recognize", kind, "speech.Recognize", request)
 
@@ -428,7 +443,7 @@ def gen_speech_streaming(rng: np.random.Generator, inp: Inputs) -> Case:
     elif choice == 3:
         bad = speech_pb2.RecognitionConfig()
         bad.CopyFrom(cfg)
-        what = str(rng.choice(["sample_rate_hertz", "encoding", "silence_ms", "threshold_dbfs", "max_alternatives"]))
+        what = _pick(rng, ["sample_rate_hertz", "encoding", "silence_ms", "threshold_dbfs", "max_alternatives"])
         if what == "sample_rate_hertz":
             bad.sample_rate_hertz = int(rng.choice(_BAD_INTS))
         elif what == "encoding":
@@ -461,7 +476,7 @@ def gen_speech_streaming(rng: np.random.Generator, inp: Inputs) -> Case:
     elif choice == 11:
         unknown = speech_pb2.RecognitionConfig()
         unknown.CopyFrom(cfg)
-        unknown.model, unknown.model_version = str(rng.choice(["speech_ctc", "nope", "diagnosis"])), int(
+        unknown.model, unknown.model_version = _pick(rng, ["speech_ctc", "nope", "diagnosis"]), int(
             rng.choice([0, 7]))
         kind, script = "unknown/offline model", [req(config=unknown), *audio]
     else:
@@ -478,7 +493,7 @@ def _riva_config(**kw: Any) -> rasr.RecognitionConfig:
 def _riva_bad_config(rng: np.random.Generator) -> tuple[str, rasr.RecognitionConfig]:
     choice = int(rng.integers(8))
     if choice == 0:
-        return "language_code not English", _riva_config(language_code=str(rng.choice(["de-DE", "zz", "x" * 300])))
+        return "language_code not English", _riva_config(language_code=_pick(rng, ["de-DE", "zz", "x" * 300]))
     if choice == 1:
         return "encoding MULAW/ALAW/OGGOPUS", _riva_config(encoding=int(rng.choice([3, 4, 20, 77])))
     if choice == 2:
@@ -492,7 +507,7 @@ def _riva_bad_config(rng: np.random.Generator) -> tuple[str, rasr.RecognitionCon
         return "sample_rate_hertz out of range", _riva_config(sample_rate_hertz=int(rng.choice(_BAD_INTS)))
     if choice == 6:
         return "max_alternatives out of range", _riva_config(max_alternatives=int(rng.choice([-1, 11])))
-    return "unknown model", _riva_config(model=str(rng.choice(["nope", "diagnosis", "\x00" * 10])))
+    return "unknown model", _riva_config(model=_pick(rng, ["nope", "diagnosis", "\x00" * 10]))
 
 
 def gen_riva_recognize(rng: np.random.Generator, inp: Inputs) -> Case:
@@ -530,7 +545,7 @@ def gen_riva_streaming(rng: np.random.Generator, inp: Inputs) -> Case:
 
 
 def gen_riva_config(rng: np.random.Generator, inp: Inputs) -> Case:
-    name = str(rng.choice(["", "nope", "speech_ctc", "\x00", "x" * 10000]))
+    name = _pick(rng, ["", "nope", "speech_ctc", "\x00", "x" * 10000])
     return Case("Riva/GetRivaSpeechRecognitionConfig", "model_name garbage", "riva.GetRivaSpeechRecognitionConfig",
                 rasr.RivaSpeechRecognitionConfigRequest(model_name=name))
 
@@ -563,13 +578,13 @@ def _kserve_valid(manifests: dict[str, dict[str, Any]], model: str, rows: int = 
 
 
 def gen_kserve_infer(rng: np.random.Generator, inp: Inputs) -> Case:
-    model = str(rng.choice(inp.kserve_models))
+    model = _pick(rng, inp.kserve_models)
     request = _kserve_valid(inp.manifests, model, rng=rng)
     i = int(rng.integers(len(request.inputs)))
     tensor = request.inputs[i]
     choice = int(rng.integers(13))
     if choice == 0:
-        tensor.datatype = str(rng.choice(_KSERVE_DTYPES))
+        tensor.datatype = _pick(rng, _KSERVE_DTYPES)
         kind = "wrong datatype"
     elif choice == 1:
         del tensor.shape[:]
@@ -584,7 +599,7 @@ def gen_kserve_infer(rng: np.random.Generator, inp: Inputs) -> Case:
         request.raw_input_contents[i] = b""
         kind = "shape overflowing int64 / zero-size huge"
     elif choice == 3:
-        tensor.name = str(rng.choice(["nope", "", "x" * 5000, request.inputs[(i + 1) % len(request.inputs)].name]))
+        tensor.name = _pick(rng, ["nope", "", "x" * 5000, request.inputs[(i + 1) % len(request.inputs)].name])
         kind = "wrong/duplicate input name"
     elif choice == 4:
         del request.inputs[i]
@@ -607,13 +622,13 @@ def gen_kserve_infer(rng: np.random.Generator, inp: Inputs) -> Case:
                 t.contents.fp32_contents.extend([0.5] * (n + int(rng.integers(-1, 2))))
         kind = "typed contents wrong field/count"
     elif choice == 8:
-        request.model_name = str(rng.choice(["nope", "", "../diagnosis", "x" * 300, *inp.manifests]))
+        request.model_name = _pick(rng, ["nope", "", "../diagnosis", "x" * 300, *inp.manifests])
         kind = "unknown model"
     elif choice == 9:
-        request.model_version = str(rng.choice(["999", "-1", "abc", "1.5", "0x1", "99999999999999999999999"]))
+        request.model_version = _pick(rng, ["999", "-1", "abc", "1.5", "0x1", "99999999999999999999999"])
         kind = "bad model_version"
     elif choice == 10:
-        request.outputs.add(name=str(rng.choice(["nope", "", "probs", "log_probs"])))
+        request.outputs.add(name=_pick(rng, ["nope", "", "probs", "log_probs"]))
         kind = "unknown output name"
     elif choice == 11:
         rows = int(rng.choice([17, 64, 1000]))
@@ -637,8 +652,8 @@ def gen_kserve_stream(rng: np.random.Generator, inp: Inputs) -> Case:
 
 
 def gen_kserve_other(rng: np.random.Generator, inp: Inputs) -> Case:
-    name = str(rng.choice(["nope", "", "\x00", "x" * 2000, *inp.manifests]))
-    version = str(rng.choice(["", "0", "999", "-1", "abc"]))
+    name = _pick(rng, ["nope", "", "\x00", "x" * 2000, *inp.manifests])
+    version = _pick(rng, ["", "0", "999", "-1", "abc"])
     choice = int(rng.integers(5))
     if choice == 0:
         return Case("KServe/ModelMetadata", "name/version garbage", "kserve.ModelMetadata",
@@ -653,8 +668,8 @@ def gen_kserve_other(rng: np.random.Generator, inp: Inputs) -> Case:
         return Case("KServe/ModelStatistics", "name/version garbage", "kserve.ModelStatistics",
                     kpb.ModelStatisticsRequest(name=name, version=version))
     # only names that are not served: unloading a real model would change what later cases meet
-    unknown = str(rng.choice(["nope", "", "../etc", "x" * 300]))
-    method = str(rng.choice(["RepositoryModelLoad", "RepositoryModelUnload"]))
+    unknown = _pick(rng, ["nope", "", "../etc", "x" * 300])
+    method = _pick(rng, ["RepositoryModelLoad", "RepositoryModelUnload"])
     request_type = kpb.RepositoryModelLoadRequest if method.endswith("Load") else kpb.RepositoryModelUnloadRequest
     return Case(f"KServe/{method}", "unknown model name", f"kserve.{method}", request_type(model_name=unknown))
 
@@ -678,7 +693,7 @@ def gen_caption(rng: np.random.Generator, inp: Inputs) -> Case:
     elif choice == 5:
         kind, image = "GIF/BMP/TIFF (not JPEG/PNG/WebP)", _other_format(rng)
     elif choice == 6:
-        what = str(rng.choice(["beam_size", "n_best", "max_length", "length_penalty"]))
+        what = _pick(rng, ["beam_size", "n_best", "max_length", "length_penalty"])
         value: Any = {"beam_size": rng.choice([-1, 17, 2**31 - 1]), "n_best": rng.choice([-1, 2, 99]),
                       "max_length": rng.choice([-1, 10**6, 2**31 - 1]),
                       "length_penalty": rng.choice([*_BAD_FLOATS, 2.5])}[what]
@@ -686,7 +701,7 @@ def gen_caption(rng: np.random.Generator, inp: Inputs) -> Case:
         setattr(config, what, value.item())
         kind = f"{what} out of range"
     elif choice == 7:
-        kind, config = "unknown model/version", cfg(model=str(rng.choice(["nope", "speech_ctc", "x" * 400])),
+        kind, config = "unknown model/version", cfg(model=_pick(rng, ["nope", "speech_ctc", "x" * 400]),
                                                    model_version=int(rng.choice([0, 42, -1])))
     elif choice == 8:
         kind, image = "1x1 image", _png(1, 1, b"\0\0\0\0")
@@ -702,7 +717,7 @@ def _other_format(rng: np.random.Generator) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.new("RGB", (8, 8)).save(buf, format=str(rng.choice(["GIF", "BMP", "TIFF"])))
+    Image.new("RGB", (8, 8)).save(buf, format=_pick(rng, ["GIF", "BMP", "TIFF"]))
     return buf.getvalue()
 
 
@@ -713,7 +728,7 @@ def gen_diagnose(rng: np.random.Generator, inp: Inputs) -> Case:
     request = d.DiagnoseRequest(evidence=[d.Finding(symptom_id=known[0], present=True)])
     if choice == 0:
         ids = ["HP:9999999", "", "nope", "\x00", "x" * 5000, "HP:0001945 ", "hp:0001945"]
-        request = d.DiagnoseRequest(evidence=[d.Finding(symptom_id=str(rng.choice(ids)), present=True)])
+        request = d.DiagnoseRequest(evidence=[d.Finding(symptom_id=_pick(rng, ids), present=True)])
         kind = "unknown symptom id"
     elif choice == 1:
         request = d.DiagnoseRequest(evidence=[d.Finding(symptom_id=known[0], present=True)],
@@ -734,7 +749,7 @@ def gen_diagnose(rng: np.random.Generator, inp: Inputs) -> Case:
         request.top_k = int(rng.choice([-1, 51, 2**31 - 1]))
         kind = "top_k out of range"
     elif choice == 6:
-        request.text = str(rng.choice(["", " ", "\x00" * 10]))
+        request.text = _pick(rng, ["", " ", "\x00" * 10])
         kind = "text empty/blank/control"
     elif choice == 7:
         request.text = "fever " * int(rng.choice([400, 20000]))
@@ -744,7 +759,7 @@ def gen_diagnose(rng: np.random.Generator, inp: Inputs) -> Case:
         request.min_text_confidence = float(rng.choice([*_BAD_FLOATS, 1.5]))
         kind = "min_text_confidence out of range"
     else:
-        request.config.model, request.config.model_version = str(rng.choice(["nope", "speech_ctc", ""])), int(
+        request.config.model, request.config.model_version = _pick(rng, ["nope", "speech_ctc", ""]), int(
             rng.choice([0, 9, -3]))
         kind = "unknown model/version"
     return Case("Diagnosis/Diagnose", kind, "diagnosis.Diagnose", request)
@@ -752,7 +767,7 @@ def gen_diagnose(rng: np.random.Generator, inp: Inputs) -> Case:
 
 def gen_raw_bytes(rng: np.random.Generator, inp: Inputs) -> Case:
     if rng.random() < 0.25:  # a stream whose first or a later message does not parse
-        method = str(rng.choice(STREAM_METHODS))
+        method = _pick(rng, STREAM_METHODS)
         first = {STREAM_METHODS[0]: speech_pb2.StreamingRecognizeRequest(config=speech_pb2.RecognitionConfig(
                      encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=RATE_HZ)),
                  STREAM_METHODS[1]: rasr.StreamingRecognizeRequest(
@@ -764,7 +779,7 @@ def gen_raw_bytes(rng: np.random.Generator, inp: Inputs) -> Case:
             script = script[1:]
         return Case(f"raw bytes {method.split('/')[2]}", "undecodable protobuf in a stream", f"stream:{method}",
                     script)
-    method = str(rng.choice(UNARY_METHODS))
+    method = _pick(rng, UNARY_METHODS)
     if rng.random() < 0.04:  # a message over the server's --max-message-bytes (32 MB default)
         return Case("(any)/huge message", "33 MB message", method, 33 * 1024 * 1024)
     data = rng.bytes(int(rng.integers(1, 256)))
@@ -787,8 +802,8 @@ GENERATORS: dict[str, tuple[float, Callable[[np.random.Generator, Inputs], Case]
 }
 
 
-def draw_cases(n: int, seed: int, inp: Inputs, streaming: bool) -> list[Case]:
-    """`n` cases, the same for the same seed and inputs."""
+def draw_cases(n: int, seed: int, inp: Inputs, streaming: bool) -> Iterator[Case]:
+    """`n` cases, one at a time, the same for the same seed and inputs."""
     names = [k for k in GENERATORS if streaming or k not in ("speech_streaming", "riva_streaming")]
     if "diagnosis" not in inp.manifests:
         names.remove("diagnose")
@@ -799,7 +814,7 @@ def draw_cases(n: int, seed: int, inp: Inputs, streaming: bool) -> list[Case]:
     weights = np.array([GENERATORS[k][0] for k in names])
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(names), size=n, p=weights / weights.sum())
-    return [GENERATORS[names[k]][1](rng, inp) for k in picks]
+    return (GENERATORS[names[k]][1](rng, inp) for k in picks)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1026,6 +1041,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline-s", type=float, default=30.0, help="deadline of each fuzz / valid call")
     p.add_argument("--overload-calls", type=int, default=256, help="valid Recognize calls sent all at once")
     p.add_argument("--overload-deadline-s", type=float, default=20.0)
+    p.add_argument("--overload-s", type=float, default=0.0,
+                   help="keep every overload caller calling again for this long (closed loop); 0: one burst")
     p.add_argument("--max-queue-size", type=int, default=16, help="the server's queue per model version")
     p.add_argument("--max-streams", type=int, default=8, help="the server's open-stream limit")
     p.add_argument("--max-batch-size", type=int, default=8)
@@ -1069,7 +1086,7 @@ def main(argv: list[str] | None = None) -> int:
 
             cases = draw_cases(args.calls, args.seed, inp, streaming)
             step = max(1, args.calls // 10)
-            with tqdm(total=len(cases), desc="fuzz", unit="call", disable=None) as bar:
+            with tqdm(total=args.calls, desc="fuzz", unit="call", disable=None) as bar:
                 done = 0
 
                 def progress(_: int) -> None:
@@ -1084,9 +1101,13 @@ def main(argv: list[str] | None = None) -> int:
             run.records += [r for r, _ in fuzzed]
 
             over = overload_cases(inp, args.overload_calls, 2 * args.max_streams, streaming)
-            loaded = asyncio.run(run_cases(server.address, over, len(over), args.overload_deadline_s, "overload"))
+            unloaded = asyncio.run(run_cases(server.address, over[:1] * 20, 1, args.overload_deadline_s,
+                                             "unloaded"))
+            run.records += [r for r, _ in unloaded]
+            loaded = asyncio.run(run_cases(server.address, over, len(over), args.overload_deadline_s, "overload",
+                                           repeat_s=args.overload_s))
             run.records += [r for r, _ in loaded]
-            run.rss_mb.append(("overload", len(over), rss_mb(pid)))
+            run.rss_mb.append(("overload", len(loaded), rss_mb(pid)))
 
             after = asyncio.run(run_cases(server.address, valid, 1, args.deadline_s, "after"))
             run.records += [r for r, _ in after]
@@ -1103,8 +1124,7 @@ def main(argv: list[str] | None = None) -> int:
         server_log = (tmp / "server.log").read_text(errors="replace")
 
     found = findings(run, end_metrics, server_log, exit_status)
-    baseline_ms = [1e3 * r.elapsed_s for r in run.records if r.phase in ("before", "after")
-                   and r.rpc == "Speech/Recognize" and r.code == "OK"]
+    baseline_ms = [1e3 * r.elapsed_s for r in run.records if r.phase == "unloaded" and r.code == "OK"]
     over_ok = [r for r in run.records if r.phase == "overload" and r.rpc == "Speech/Recognize" and r.code == "OK"]
     over_ms = [1e3 * r.elapsed_s for r in over_ok]
     overload = {
@@ -1112,28 +1132,36 @@ def main(argv: list[str] | None = None) -> int:
         "codes": dict(Counter(f"{r.rpc} {r.code}" for r in run.records if r.phase == "overload")),
         "lost": sum(r.code in ("HANG", "LOST") for r in run.records if r.phase == "overload"),
         "late_answers": sum(r.elapsed_s > r.deadline_s + 1.0 for r in run.records if r.phase == "overload"),
-        "unloaded_recognize_ms_max": max(baseline_ms, default=math.nan),
+        "seconds": args.overload_s, "calls_made": len(loaded),
+        "unloaded_recognize_p50_ms": float(np.percentile(baseline_ms, 50)) if baseline_ms else math.nan,
+        "unloaded_recognize_p99_ms": float(np.percentile(baseline_ms, 99)) if baseline_ms else math.nan,
         "admitted_recognize_p50_ms": float(np.percentile(over_ms, 50)) if over_ms else math.nan,
         "admitted_recognize_p99_ms": float(np.percentile(over_ms, 99)) if over_ms else math.nan,
     }
     fuzz_records = [r for r in run.records if r.phase == "fuzz"]
     after_fuzz_mb = [mb for p, _, mb in run.rss_mb if p == "fuzz"][-1] if args.calls >= 10 else math.nan
+    fuzz_mb = [mb for p, _, mb in run.rss_mb if p == "fuzz"]
     rss: dict[str, Any] = {
+        # a leak grows on; allocator high water levels off: growth over the fuzz phase's second half
+        "fuzz_second_half_growth_mb": fuzz_mb[-1] - fuzz_mb[len(fuzz_mb) // 2 - 1] if len(fuzz_mb) >= 2 else math.nan,
         "start_mb": run.rss_mb[0][2], "after_valid_mb": run.rss_mb[1][2], "after_fuzz_mb": after_fuzz_mb,
         "after_overload_mb": next(mb for p, _, mb in run.rss_mb if p == "overload"), "end_mb": run.rss_mb[-1][2],
         "samples": run.rss_mb}
     print(f"\nFuzz phase: status codes per RPC (seed {args.seed}, {len(fuzz_records)} calls, "
           f"{args.concurrency} at a time)")
     print(table(fuzz_records))
+    repeat = f", each calling again for {args.overload_s:g} s" if args.overload_s else ""
     print(f"\nOverload: {args.overload_calls} Recognize at once (queue {args.max_queue_size}), "
-          f"{overload['streams']} streams (limit {args.max_streams})")
+          f"{overload['streams']} streams (limit {args.max_streams}){repeat}")
     print(table([r for r in run.records if r.phase == "overload"]))
     print(f"lost {overload['lost']}, late {overload['late_answers']}; admitted Recognize p50/p99 "
           f"{overload['admitted_recognize_p50_ms']:.0f}/{overload['admitted_recognize_p99_ms']:.0f} ms, "
-          f"unloaded max {overload['unloaded_recognize_ms_max']:.0f} ms")
+          f"unloaded (20 calls one at a time) {overload['unloaded_recognize_p50_ms']:.0f}/"
+          f"{overload['unloaded_recognize_p99_ms']:.0f} ms")
     print(f"\nRSS MB: start {rss['start_mb']:.0f}, after valid {rss['after_valid_mb']:.0f}, after fuzz "
           f"{rss['after_fuzz_mb']:.0f}, after overload {rss['after_overload_mb']:.0f}, "
-          f"end {rss['end_mb']:.0f}")
+          f"end {rss['end_mb']:.0f}; growth over the second half of the fuzz phase "
+          f"{rss['fuzz_second_half_growth_mb']:+.0f}")
     print(f"at the end: {end_metrics['streams_in_flight']:g} streams in flight, {end_metrics['queue_depth']:g} "
           f"queued; valid requests after the abuse: {len(valid) - len(run.mismatches)}/{len(valid)} same answer; "
           f"server exit status {exit_status}")

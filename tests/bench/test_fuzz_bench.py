@@ -7,6 +7,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -37,7 +38,7 @@ def inputs(bench: ModuleType) -> object:
                         ["HP:0001945"], ["speech_ctc", "diagnosis"])
 
 
-def fingerprint(cases: list) -> list[tuple[str, str, str, object]]:
+def fingerprint(cases: Iterable) -> list[tuple[str, str, str, object]]:
     def wire(request: object) -> object:
         if isinstance(request, list):
             return [wire(r) for r in request]
@@ -48,7 +49,7 @@ def fingerprint(cases: list) -> list[tuple[str, str, str, object]]:
 def test_the_same_seed_draws_the_same_cases_and_every_generator_runs() -> None:
     bench = load_bench()
     inp = inputs(bench)
-    first = bench.draw_cases(400, 7, inp, streaming=True)
+    first = list(bench.draw_cases(400, 7, inp, streaming=True))
     assert fingerprint(first) == fingerprint(bench.draw_cases(400, 7, inp, streaming=True))
     assert fingerprint(first) != fingerprint(bench.draw_cases(400, 8, inp, streaming=True))
     rpcs = {c.rpc for c in first}
