@@ -19,9 +19,12 @@ What each side computes per request (the same work, with nui's own code): decode
 (`server.audio`), validate and resample to the model rate (`SpeechCTCModel.prepare`), pad the batch to
 its longest clip, one ONNX Runtime run (`OnnxRuntimeEngine`, CPU), greedy CTC decoding of each valid
 slice with its confidence (`SpeechCTCModel.run_batch`). nui answers a `RecognizeResponse`, TorchServe a
-JSON string, Triton BYTES/INT32 tensors. Every server gets the same ONNX Runtime settings:
-`--intra-op-threads` (default: all cores, at most 4) intra-op threads, 1 inter-op thread, sequential
-execution, no spinning; each runs one batch at a time. Before the load each target transcribes every
+JSON string, Triton BYTES/INT32 tensors. Every server gets the same ONNX Runtime session options
+(1 inter-op thread, sequential execution, no spinning). TorchServe and Triton run one batch at a time
+on `--intra-op-threads` (default: all cores, at most 4) intra-op threads. nui (both targets) is left to
+pick its own (unless `--nui-intra-op-threads N`: one batch at a time on N threads): its speech batcher
+then runs one batch per core, each on one thread, and forms batches of similar clip lengths
+(bench/results/batching_profile.md). Before the load each target transcribes every
 clip once; `transcripts_match` in the JSON says whether all targets agreed.
 
 Load: every target is started first and stays up (idle ones cost next to nothing); then for each C the
@@ -113,7 +116,8 @@ class Settings:
     request_timeout_s: float
     max_batch_size: int  # nui and TorchServe batching (nui-nobatch: 1)
     max_queue_delay_ms: int  # nui --max-queue-delay-ms and TorchServe maxBatchDelay
-    intra_op_threads: int
+    intra_op_threads: int  # TorchServe's and Triton's; nui's with nui_intra_op_threads set
+    nui_intra_op_threads: int | None  # None: nui's own choice (speech: 1 thread per run, a run per core)
     clips: int
     seed: int
 
@@ -457,8 +461,14 @@ def started(target: str, repo: Path, model: str, settings: Settings, workdir: Pa
                                             command=command, env=env)
     else:
         metrics_port = _free_port()  # batch sizes come from nui's own Prometheus histogram
+        threads = settings.nui_intra_op_threads
+        command = [sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--host", "127.0.0.1", "--port", "0",
+                   "--max-batch-size", str(setup.max_batch_size),
+                   "--max-queue-delay-ms", f"{setup.max_queue_delay_ms:g}",
+                   *(["--intra-op-threads", str(threads)] if threads is not None else []),
+                   "--log-level", "WARNING", "--metrics-port", str(metrics_port)]
         server = speech_bench.ServerProcess(repo, setup, settings.intra_op_threads, workdir / f"{target}.log",
-                                            extra_args=["--metrics-port", str(metrics_port)])
+                                            command=command)
         server.metrics_address = f"127.0.0.1:{metrics_port}"
     try:
         yield server
@@ -547,7 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=int, default=10,
                    help="nui --max-queue-delay-ms and TorchServe maxBatchDelay (default %(default)s)")
     p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads in every server (default: all cores, at most 4)")
+                   help="ONNX Runtime intra-op threads of TorchServe and Triton (default: all cores, at most 4)")
+    p.add_argument("--nui-intra-op-threads", type=int, default=None,
+                   help="nui serve --intra-op-threads (one run of N threads at a time); default: not given, nui's "
+                        "speech batcher then runs one batch per core on one thread each")
     p.add_argument("--clips", type=int, default=len(speech_bench.SENTENCES), help="how many of the 16 clips")
     p.add_argument("--seed", type=int, default=0, help="prosody of the clips and random weights")
     return p
@@ -560,11 +573,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     threads = args.intra_op_threads if args.intra_op_threads is not None else speech_bench.default_intra_op_threads()
     if warmup_s < 0 or duration_s <= 0 or args.request_timeout_s <= 0:
         raise ValueError("--warmup-s must be >= 0, --duration-s and --request-timeout-s > 0")
+    if args.nui_intra_op_threads is not None and args.nui_intra_op_threads < 1:
+        raise ValueError("--nui-intra-op-threads must be >= 1")
     if args.max_batch_size < 1 or args.max_queue_delay_ms < 0 or threads < 1:
         raise ValueError("--max-batch-size and --intra-op-threads must be >= 1, --max-queue-delay-ms >= 0")
     return Settings(targets=args.targets, concurrency=concurrency, warmup_s=warmup_s, duration_s=duration_s,
                     request_timeout_s=args.request_timeout_s, max_batch_size=args.max_batch_size,
-                    max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=threads, clips=args.clips,
+                    max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=threads,
+                    nui_intra_op_threads=args.nui_intra_op_threads, clips=args.clips,
                     seed=args.seed)
 
 
@@ -605,9 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"repo": str(source.repo), "name": source.model, "version": int(version_dir.name),
                   "source": source.source, "config": manifest["config"], "precision": manifest.get("precision")},
         "settings": asdict(settings), "skipped": skipped,
-        # nui's speech batcher forms batches of similar clip lengths (server/batcher.py size_of)
-        "nui_batching": {"size_of": "samples", "max_padding_waste": SpeechCTCModel.max_padding_waste},
-        "onnxruntime_settings": {"intra_op_num_threads": settings.intra_op_threads, "inter_op_num_threads": 1,
+        # nui's speech batcher: batches of similar clip lengths (server/batcher.py size_of), and with the
+        # threads left to it one batch running per core on one ONNX Runtime thread each
+        "nui_batching": {"size_of": "samples", "max_padding_waste": SpeechCTCModel.max_padding_waste,
+                         "intra_op_threads": settings.nui_intra_op_threads or SpeechCTCModel.auto_intra_op_threads,
+                         "concurrent_runs": 1 if settings.nui_intra_op_threads else SpeechCTCModel.auto_runs_at_once()},
+        "onnxruntime_settings": {"intra_op_num_threads": settings.intra_op_threads,  # the peers'; nui: above
+                                 "inter_op_num_threads": 1,
                                  "execution_mode": "sequential", "allow_spinning": 0, "provider": "CPU"},
         "clips": [{"voice": c.voice_id, "text": c.text, "duration_s": c.duration_s} for c in clips],
         "transcripts_match": all(s["transcripts"] == reference for s in servers),

@@ -98,7 +98,13 @@ def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor) -> 
     return DynamicBatcher(tensor_batching(model), s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size,
                           name=f"{model.name}-v{model.version}", observer=observer_for(model.name, model.version),
                           size_of=model.padded_size if speech else None,
-                          max_padding_waste=model.max_padding_waste if speech else 1.0)
+                          max_padding_waste=model.max_padding_waste if speech else 1.0,
+                          max_concurrent_runs=model.auto_runs_at_once() if speech and _auto_threads(s) else 1)
+
+
+def _auto_threads(s: BatchSettings) -> bool:
+    """ONNX Runtime threads are the server's choice (no --intra-op-threads, CPU): speech picks its own."""
+    return s.intra_op_threads is None and s.provider == "cpu"
 
 
 async def _run_once(served: Any, item: Any) -> None:
@@ -110,7 +116,8 @@ async def _run_once(served: Any, item: Any) -> None:
 
 
 def _load_speech(repo: Path, name: str, version: int, s: BatchSettings) -> SpeechCTCModel:
-    engine = load_engine(repo, name, version, s.intra_op_threads, provider=s.provider)
+    threads = SpeechCTCModel.auto_intra_op_threads if _auto_threads(s) else s.intra_op_threads
+    engine = load_engine(repo, name, version, threads, provider=s.provider)
     return SpeechCTCModel(engine, load_lm_decoder(version_dir(repo, name, version), engine.manifest))
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -172,6 +173,16 @@ class SpeechCTCModel:
     # Padding share one batch may carry (DynamicBatcher max_padding_waste). On a CPU a batch saves little
     # per clip (bench/results/batching_profile.md), so batches of near-equal lengths cost least.
     max_padding_waste = 0.2
+
+    # With ONNX Runtime's threads left to the server (no --intra-op-threads) on the CPU: one thread per
+    # engine run and one batch running per core (DynamicBatcher max_concurrent_runs), at most 4. On two
+    # threads one run costs about twice the CPU per clip: the GRU's per-step operators are too small to
+    # split (bench/results/batching_profile.md).
+    auto_intra_op_threads = 1
+
+    @staticmethod
+    def auto_runs_at_once() -> int:
+        return max(1, min(4, os.cpu_count() or 1))
 
     def __init__(self, engine: Engine, lm_decoder: CTCDecoder | None = None) -> None:
         manifest = engine.manifest

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 
+from engines.engine import default_intra_op_threads
 from models.ctc_text import WordTiming
 from proto import speech_pb2, speech_pb2_grpc
 from server.audio import AudioEncoding, AudioLimits
@@ -56,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def in_process_transcriber(repo: Path, model_name: str, version: int, options: DecodeOptions) -> Transcriber:
     """Load the model once; the returned function transcribes one file's bytes (raises RequestError)."""
-    models = load_speech_models(repo, intra_op_threads=None)
+    # one file at a time: the engine's own threads are the only parallelism (a server runs a batch per core)
+    models = load_speech_models(repo, intra_op_threads=default_intra_op_threads())
     model = resolve(models, model_name, version)
     limits = AudioLimits()
 
