@@ -16,6 +16,9 @@ from server.batcher import BatcherClosedError, DeadlineExceededError, QueueFullE
 logger = logging.getLogger(__name__)
 
 MAX_REQUEST_ID_CHARS = 128
+# Status messages quote the caller's values; a client refuses trailers over its metadata limit (8 KiB by
+# default in grpc) and reports RESOURCE_EXHAUSTED instead of the status, so messages are capped.
+MAX_MESSAGE_CHARS = 1000
 
 
 class RequestError(Exception):
@@ -52,7 +55,8 @@ def checked_request_id(request_id: str) -> str:
 def status_of(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
     """The gRPC status for a failed request; unexpected errors are logged and answered INTERNAL."""
     if isinstance(error, RequestError):
-        return error.code, error.message
+        message = error.message
+        return error.code, message if len(message) <= MAX_MESSAGE_CHARS else message[: MAX_MESSAGE_CHARS - 3] + "..."
     if isinstance(error, QueueFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"server busy: {error}; retry with backoff"
     if isinstance(error, DeadlineExceededError):

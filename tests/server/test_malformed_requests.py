@@ -1,5 +1,6 @@
 """Regression tests for what bench/fuzz.py found: undecodable messages, KServe shapes numpy cannot hold,
-a broken ModelStreamInfer request stream, repository model names that leave the repository."""
+a broken ModelStreamInfer request stream, repository model names that leave the repository, status
+messages too long for the client's metadata limit."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from proto import kserve_pb2, speech_pb2, speech_pb2_grpc
-from server.errors import RequestError
+from proto import kserve_pb2, riva_asr_pb2, speech_pb2, speech_pb2_grpc
+from server.errors import MAX_MESSAGE_CHARS, RequestError, invalid_argument, status_of
 from server.kserve import decode_inputs
 from server.metrics import ServerMetrics
 from server.model_store import BatchSettings, ModelStore
@@ -40,22 +41,30 @@ async def test_an_undecodable_request_is_invalid_argument_not_unknown(start: Sta
         assert answer.results  # the server still answers
 
 
-@pytest.mark.parametrize("first_valid", [False, True])
-async def test_an_undecodable_stream_message_is_invalid_argument(start: StartServer, first_valid: bool) -> None:
+async def test_an_undecodable_first_stream_message_is_invalid_argument(start: StartServer) -> None:
     server = await start()
-    config = speech_pb2.StreamingRecognizeRequest(config=speech_pb2.RecognitionConfig(
-        encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=16000)).SerializeToString()
-    call = None
     async with grpc.aio.insecure_channel(server.address) as channel:
-        call = channel.stream_stream("/nui.v1.Speech/StreamingRecognize")(
-            iter([config, UNDECODABLE] if first_valid else [UNDECODABLE]), timeout=10)
+        call = channel.stream_stream("/nui.v1.Speech/StreamingRecognize")(iter([UNDECODABLE]), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as e:
             async for _ in call:
                 pass
-    # without a streaming model the valid first message ends the call first (FAILED_PRECONDITION)
-    expected = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION} if first_valid else {
-        grpc.StatusCode.INVALID_ARGUMENT}
-    assert e.value.code() in expected, e.value.details()
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+
+
+async def test_an_undecodable_later_stream_message_is_invalid_argument(start: StartServer,
+                                                                       streaming_repo: Path) -> None:
+    server = await start(repo=streaming_repo)
+    config = speech_pb2.StreamingRecognizeRequest(config=speech_pb2.RecognitionConfig(
+        encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=16000))
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        call = channel.stream_stream("/nui.v1.Speech/StreamingRecognize")(timeout=10)
+        await call.write(config.SerializeToString())
+        await call.write(UNDECODABLE)  # then nothing more: no write can race the server's status
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            while await call.read() is not grpc.aio.EOF:
+                pass
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, e.value.details()
+    assert "not a valid protobuf message for nui.v1.Speech/StreamingRecognize" in (e.value.details() or "")
 
 
 async def test_model_stream_infer_with_an_undecodable_message_ends_instead_of_hanging(start: StartServer) -> None:
@@ -97,3 +106,23 @@ async def test_repository_load_refuses_names_that_are_not_a_model_folder(tmp_pat
     with pytest.raises(RequestError) as e:
         await store.load(name)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "model_name" in e.value.message
+
+
+async def test_a_status_quoting_a_huge_value_still_reaches_the_client(start: StartServer) -> None:
+    """A 10,000-character model name quoted in full made trailers the client refused (RESOURCE_EXHAUSTED)."""
+    server = await start()
+    request = riva_asr_pb2.RivaSpeechRecognitionConfigRequest(model_name="x" * 10_000)
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await channel.unary_unary(
+                "/nvidia.riva.asr.RivaSpeechRecognition/GetRivaSpeechRecognitionConfig",
+                request_serializer=riva_asr_pb2.RivaSpeechRecognitionConfigRequest.SerializeToString,
+                response_deserializer=riva_asr_pb2.RivaSpeechRecognitionConfigResponse.FromString)(request, timeout=10)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    assert len(e.value.details() or "") <= MAX_MESSAGE_CHARS
+
+
+def test_status_messages_are_capped() -> None:
+    code, message = status_of(invalid_argument("value " + "y" * 5000), "-")
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and len(message) == MAX_MESSAGE_CHARS
+    assert message.startswith("value yyy") and message.endswith("...")
