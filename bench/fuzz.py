@@ -69,6 +69,7 @@ from typing import Any
 import grpc
 import numpy as np
 import soundfile as sf
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from riva.client.proto import riva_asr_pb2 as rasr
 from riva.client.proto import riva_asr_pb2_grpc as rasr_grpc
@@ -96,7 +97,8 @@ UNARY_METHODS = (  # every unary method a client can reach: undecodable bytes go
     "/nvidia.riva.asr.RivaSpeechRecognition/GetRivaSpeechRecognitionConfig",
     "/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelMetadata",
     "/inference.GRPCInferenceService/ModelConfig", "/inference.GRPCInferenceService/ModelReady",
-    "/inference.GRPCInferenceService/ModelStatistics", "/inference.GRPCInferenceService/RepositoryModelLoad")
+    "/inference.GRPCInferenceService/ModelStatistics", "/inference.GRPCInferenceService/RepositoryModelLoad",
+    "/grpc.health.v1.Health/Check")
 STREAM_METHODS = ("/nui.v1.Speech/StreamingRecognize", "/nvidia.riva.asr.RivaSpeechRecognition/StreamingRecognize",
                   "/inference.GRPCInferenceService/ModelStreamInfer")
 
@@ -123,12 +125,13 @@ class Stubs:
     captioner: caption_pb2_grpc.CaptionerStub
     riva: rasr_grpc.RivaSpeechRecognitionStub
     kserve: kpb_grpc.GRPCInferenceServiceStub
+    health: health_pb2_grpc.HealthStub
 
     @classmethod
     def of(cls, channel: grpc.aio.Channel) -> Stubs:
         return cls(channel, speech_pb2_grpc.SpeechStub(channel), diagnosis_pb2_grpc.DiagnosisStub(channel),
                    caption_pb2_grpc.CaptionerStub(channel), rasr_grpc.RivaSpeechRecognitionStub(channel),
-                   kpb_grpc.GRPCInferenceServiceStub(channel))
+                   kpb_grpc.GRPCInferenceServiceStub(channel), health_pb2_grpc.HealthStub(channel))
 
 
 # A stream script: messages to send, a float = pause that long, CANCEL = the client cancels the call there.
@@ -765,6 +768,11 @@ def gen_diagnose(rng: np.random.Generator, inp: Inputs) -> Case:
     return Case("Diagnosis/Diagnose", kind, "diagnosis.Diagnose", request)
 
 
+def gen_health(rng: np.random.Generator, inp: Inputs) -> Case:
+    service = _pick(rng, ["", "nope", "nui.v1.Speech", "\x00", "x" * 10_000])
+    return Case("Health/Check", "service name garbage", "health.Check", health_pb2.HealthCheckRequest(service=service))
+
+
 def gen_raw_bytes(rng: np.random.Generator, inp: Inputs) -> Case:
     if rng.random() < 0.25:  # a stream whose first or a later message does not parse
         method = _pick(rng, STREAM_METHODS)
@@ -798,6 +806,7 @@ GENERATORS: dict[str, tuple[float, Callable[[np.random.Generator, Inputs], Case]
     "kserve_other": (0.7, gen_kserve_other),
     "caption": (1.5, gen_caption),
     "diagnose": (1.5, gen_diagnose),
+    "health": (0.2, gen_health),
     "raw_bytes": (1.0, gen_raw_bytes),
 }
 
@@ -1166,6 +1175,13 @@ def main(argv: list[str] | None = None) -> int:
           f"queued; valid requests after the abuse: {len(valid) - len(run.mismatches)}/{len(valid)} same answer; "
           f"server exit status {exit_status}")
     print(f"load average {machine['load_average_at_start']} at start, {list(os.getloadavg())} at end")
+    client_codes = Counter(r.code for r in run.records)
+    differences = {c: (client_codes.get(c, 0), end_metrics["server_codes"].get(c, 0))
+                   for c in sorted(set(client_codes) | set(end_metrics["server_codes"]))
+                   if client_codes.get(c, 0) != end_metrics["server_codes"].get(c, 0)}
+    # expected: CLIENT_INTERNAL (the server sent the real code), RESOURCE_EXHAUSTED of over-limit messages
+    # (refused by grpc before any handler), the probes below the phases (ModelInfer per model)
+    print(f"codes the client saw vs the server counted, where they differ: {differences}")
     print(f"\nFINDINGS: {len(found)}" + "".join(f"\n  {f}" for f in found[:40]))
     report = {
         "benchmark": "fuzz", "command": command, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -1181,6 +1197,7 @@ def main(argv: list[str] | None = None) -> int:
                                                              if (r.rpc, r.kind) == (rpc, kind)))
                              for rpc, kind in sorted({(r.rpc, r.kind) for r in fuzz_records})}},
         "overload": overload, "rss": rss, "end_metrics": end_metrics,
+        "client_vs_server_codes": {c: {"client": n, "server": m} for c, (n, m) in differences.items()},
         "valid_after_abuse": {"requests": len(valid), "mismatches": run.mismatches}, "findings": found,
     }
     png = args.out.with_suffix(".png")
