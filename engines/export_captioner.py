@@ -7,6 +7,11 @@ Graphs (dynamic batch; the image side is fixed by the config, the server resizes
                      -> memory [batch, N, D], keys [batch, N, A], state [batch, S]
   decoder_step.onnx  tokens int64 [batch], state [batch, S], memory [batch, N, D], keys [batch, N, A]
                      -> log_probs float32 [batch, V], state_out [batch, S]
+With a `DomainHead` (the out-of-domain check, models/caption_domain.py) the encoder also gives
+  domain_score [batch]         RMS Mahalanobis distance of the pooled features to the training scenes'
+  label_probs [batch, 1000]    the pretrained encoder's own ImageNet classifier (frozen encoders only)
+and the manifest's `extras["domain"]` records the threshold (a quantile of the dev split's scores), the
+fallback policy, the ImageNet class names and how the statistics were fitted.
 The decoder step takes and returns its state (the GRU hidden state); memory and keys ride along per
 row, so beams of different images can share a step batch. `manifest.json` lists both graphs under
 `extras["graphs"]` (engines/engine.py `graph_specs`), the special token ids under `extras["tokens"]`,
@@ -15,15 +20,17 @@ and `tokenizer.json` is copied into the version folder and checksummed like the 
 With `weights_dtype="float16"` (the default) weights are stored as FP16 (engines/onnx_weights.py).
 
 Parity gate (nothing is published when it fails): on the dev images (or seeded synthetic ones), ONNX
-Runtime's encoder outputs are within `atol` of torch's, its step log-probs are within `atol` along
-torch's greedy path, and greedy captions are identical — except where the two paths part at a near tie
-(torch's two candidates within 2 * atol of each other), counted apart as tie swaps.
+Runtime's encoder outputs (the domain score relative to its size) are within `atol` of torch's, its step
+log-probs are within `atol` along torch's greedy path, and greedy captions are identical — except where
+the two paths part at a near tie (torch's two candidates within 2 * atol of each other), counted apart as
+tie swaps. Verdicts that differ (a score within rounding of the threshold) are counted, not gated.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,13 +39,15 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from engines.export_speech import ParityError
 from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
 from engines.onnx_weights import weights_to_fp16
 from models.caption_beam import StepFn, greedy_search
+from models.caption_domain import DomainPolicy, DomainStats, dev_threshold, domain_scores, fit_domain, judge
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
-from models.captioner import Captioner, CaptionerConfig
+from models.captioner import Captioner, CaptionerConfig, imagenet_labels, load_imagenet_classifier
 
 logger = logging.getLogger(__name__)
 
@@ -49,18 +58,39 @@ ENCODER_FILE, DECODER_FILE, TOKENIZER_FILE = "encoder.onnx", "decoder_step.onnx"
 DEFAULT_ATOL = {"float32": 1e-4, "float16": 5e-2}
 BANNED_IDS = (PAD, BOS, UNK)  # never generated: a caption is words and EOS
 
-__all__ = ["DEFAULT_ATOL", "ParityError", "ParityReport", "export_captioner", "graph_specs", "synthetic_images"]
+DOMAIN_OUTPUTS = ("domain_score", "label_probs")
+DOMAIN_FP32_PREFIX = "domain_"  # initializers kept FP32: the PPCA residual subtracts two large sums
+
+__all__ = ["DEFAULT_ATOL", "DomainHead", "ParityError", "ParityReport", "build_domain_head", "export_captioner",
+           "graph_specs", "pooled_features", "synthetic_images"]
 
 
-def graph_specs(cfg: CaptionerConfig) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class DomainHead:
+    """The out-of-domain check built into the encoder graph: PPCA statistics of the training split's pooled
+    features, the policy (dev-quantile threshold, ImageNet labels), the ImageNet classifier (weight (K, C),
+    bias (K,)) or None, and the fit's figures for the manifest."""
+
+    stats: DomainStats
+    policy: DomainPolicy
+    classifier: tuple[torch.Tensor, torch.Tensor] | None
+    fit: dict[str, Any]
+
+
+def graph_specs(cfg: CaptionerConfig, domain: DomainHead | None = None) -> dict[str, dict[str, Any]]:
     """{graph: {"file", "inputs", "outputs"}} with TensorSpecs, as the manifest lists them."""
     side, n = cfg.image_size_px, cfg.grid_positions
     memory = TensorSpec("memory", "float32", ["batch", n, cfg.memory_dim])
     keys = TensorSpec("keys", "float32", ["batch", n, cfg.attention_dim])
     state = TensorSpec("state", "float32", ["batch", cfg.hidden_size])
+    extra = []
+    if domain is not None:
+        extra.append(TensorSpec("domain_score", "float32", ["batch"]))
+        if domain.classifier is not None:
+            extra.append(TensorSpec("label_probs", "float32", ["batch", int(domain.classifier[0].shape[0])]))
     return {
         "encoder": {"file": ENCODER_FILE, "inputs": [TensorSpec("images", "float32", ["batch", 3, side, side])],
-                    "outputs": [memory, keys, state]},
+                    "outputs": [memory, keys, state, *extra]},
         "decoder_step": {"file": DECODER_FILE,
                          "inputs": [TensorSpec("tokens", "int64", ["batch"]), state, memory, keys],
                          "outputs": [TensorSpec("log_probs", "float32", ["batch", cfg.vocab_size]),
@@ -69,12 +99,80 @@ def graph_specs(cfg: CaptionerConfig) -> dict[str, dict[str, Any]]:
 
 
 class _Encoder(nn.Module):
-    def __init__(self, model: Captioner) -> None:
+    """images -> memory, keys, state (+ domain_score, + label_probs with a DomainHead)."""
+
+    domain_mean: torch.Tensor
+    domain_components: torch.Tensor
+    domain_inv_var: torch.Tensor
+    classifier_weight_t: torch.Tensor
+    classifier_bias: torch.Tensor
+
+    def __init__(self, model: Captioner, domain: DomainHead | None = None) -> None:
         super().__init__()
         self.model = model
+        self.has_domain = domain is not None
+        self.has_classifier = domain is not None and domain.classifier is not None
+        if domain is not None:
+            st = domain.stats
+            self.register_buffer("domain_mean", torch.from_numpy(st.mean).float())
+            self.register_buffer("domain_components", torch.from_numpy(st.components).float())  # (K, C)
+            self.register_buffer("domain_inv_var", torch.from_numpy(1.0 / st.variances).float())
+            self.inv_residual_var, self.dim = 1.0 / st.residual_variance, float(st.dim)
+        if domain is not None and domain.classifier is not None:
+            self.register_buffer("classifier_weight_t", domain.classifier[0].t().contiguous())  # (C, K)
+            self.register_buffer("classifier_bias", domain.classifier[1].clone())
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.model.encode(images)
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feature_map = self.model.encoder(images)  # (B, C, h, w)
+        out = self.model.encode_feature_map(feature_map)
+        if not self.has_domain:
+            return out
+        pooled = feature_map.mean(dim=(2, 3))  # (B, C): what the ImageNet classifier reads
+        d = pooled - self.domain_mean
+        proj = F.linear(d, self.domain_components)  # (B, K); Gemm with transB: the (K, C) tensor is stored once
+        # what lies off the K directions, as a vector: |d|^2 - |proj|^2 would cancel catastrophically in FP32
+        off = d - proj @ self.domain_components  # (B, C)
+        d2 = (proj * proj * self.domain_inv_var).sum(-1) + (off * off).sum(-1) * self.inv_residual_var
+        extra = [torch.sqrt(d2 / self.dim)]
+        if self.has_classifier:
+            extra.append(torch.softmax(pooled @ self.classifier_weight_t + self.classifier_bias, dim=-1))
+        return (*out, *extra)
+
+
+@torch.no_grad()
+def pooled_features(model: Captioner, batches: Iterable[np.ndarray]) -> np.ndarray:
+    """(N, C) global-average-pooled encoder features of image batches ((b, 3, H, W) float32 in [0, 1])."""
+    model = model.eval().float().cpu()
+    out = [model.encoder(torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))).mean(dim=(2, 3)).numpy()
+           for b in batches]
+    return np.concatenate(out).astype(np.float32)
+
+
+def build_domain_head(model: Captioner, train_features: np.ndarray, dev_features: np.ndarray, *,
+                      quantile: float = 0.99, components: int = 256, label_threshold: float | None = None
+                      ) -> DomainHead:
+    """Fit the PPCA statistics on training features, set the threshold at `quantile` of the dev features'
+    scores; the ImageNet classifier joins when the encoder is the frozen pretrained one (a fine-tuned or
+    random encoder's features no longer match it)."""
+    stats = fit_domain(train_features, components)
+    dev_scores = domain_scores(dev_features, stats)
+    threshold = dev_threshold(dev_scores, quantile)
+    classifier: tuple[torch.Tensor, torch.Tensor] | None = None
+    labels: tuple[str, ...] = ()
+    if model.cfg.encoder == "efficientnet_lite0" and model.cfg.freeze_encoder:
+        classifier, labels = load_imagenet_classifier(), tuple(imagenet_labels())
+    policy = DomainPolicy(threshold, labels=labels) if label_threshold is None else \
+        DomainPolicy(threshold, label_threshold, labels)
+    train_scores = domain_scores(train_features, stats)
+    fit = {"train_images": len(train_features), "dev_images": len(dev_features), "quantile": quantile,
+           "components": int(stats.components.shape[0]), "feature_dim": stats.dim,
+           "train_flagged": float(np.mean(train_scores > threshold)),
+           "dev_flagged": float(np.mean(dev_scores > threshold)),
+           "dev_score_median": float(np.median(dev_scores)), "dev_score_max": float(dev_scores.max())}
+    logger.info("domain check: %d train / %d dev images, %d components, threshold %.3f (dev q%.3g), "
+                "flagged: train %.2f%%, dev %.2f%%", fit["train_images"], fit["dev_images"], fit["components"],
+                threshold, quantile, 100 * fit["train_flagged"], 100 * fit["dev_flagged"])
+    return DomainHead(stats, policy, classifier, fit)
 
 
 class _DecoderStep(nn.Module):
@@ -96,22 +194,23 @@ def _export(module: nn.Module, example: tuple[torch.Tensor, ...], spec: dict[str
                           dynamic_axes={name: {0: "batch"} for name in names[0] + names[1]})
 
 
-def export_onnx(model: Captioner, folder: Path, weights_dtype: str = "float16") -> None:
+def export_onnx(model: Captioner, folder: Path, weights_dtype: str = "float16", domain: DomainHead | None = None
+                ) -> None:
     """Write encoder.onnx and decoder_step.onnx into `folder`."""
     if weights_dtype not in DEFAULT_ATOL:
         raise ValueError(f"weights_dtype must be one of {sorted(DEFAULT_ATOL)}, got {weights_dtype!r}")
     model = model.eval().float().cpu()
-    specs = graph_specs(model.cfg)
+    specs = graph_specs(model.cfg, domain)
     images = torch.rand(2, 3, model.cfg.image_size_px, model.cfg.image_size_px,
                         generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         memory, keys, state = model.encode(images)
-    _export(_Encoder(model).eval(), (images,), specs["encoder"], folder / ENCODER_FILE)
+    _export(_Encoder(model, domain).eval(), (images,), specs["encoder"], folder / ENCODER_FILE)
     _export(_DecoderStep(model).eval(), (torch.tensor([BOS, 5]), state, memory, keys), specs["decoder_step"],
             folder / DECODER_FILE)
     if weights_dtype == "float16":
         for name in (ENCODER_FILE, DECODER_FILE):
-            weights_to_fp16(folder / name)
+            weights_to_fp16(folder / name, keep_fp32_prefix=DOMAIN_FP32_PREFIX)
 
 
 def synthetic_images(n: int, size_px: int, seed: int = 0) -> np.ndarray:
@@ -140,15 +239,24 @@ class ParityReport:
     captions_equal: int
     tie_swaps: int  # greedy paths that part only at a near tie of torch's log-probs
     mismatches: list[tuple[list[int], list[int]]] = field(default_factory=list)  # (torch, onnx) token ids
+    # with a domain head: |diff| / max(1, torch score), |diff| of the ImageNet probabilities, and images whose
+    # in/out-of-domain verdict or fallback caption differs (a score within rounding of the threshold)
+    max_domain_score_rel_diff: float = 0.0
+    max_label_prob_diff: float = 0.0
+    verdict_flips: int = 0
 
     @property
     def passed(self) -> bool:
-        return max(self.max_feature_diff, self.max_log_prob_diff) <= self.atol and not self.mismatches
+        return max(self.max_feature_diff, self.max_log_prob_diff, self.max_domain_score_rel_diff,
+                   self.max_label_prob_diff) <= self.atol and not self.mismatches
 
     def to_dict(self) -> dict[str, Any]:
         return {"images": self.images, "max_feature_diff": self.max_feature_diff,
                 "max_log_prob_diff": self.max_log_prob_diff, "atol": self.atol,
-                "captions_equal": self.captions_equal, "tie_swaps": self.tie_swaps, "passed": self.passed}
+                "captions_equal": self.captions_equal, "tie_swaps": self.tie_swaps,
+                "max_domain_score_rel_diff": self.max_domain_score_rel_diff,
+                "max_label_prob_diff": self.max_label_prob_diff, "verdict_flips": self.verdict_flips,
+                "passed": self.passed}
 
 
 def _torch_step(model: Captioner) -> StepFn:
@@ -167,8 +275,10 @@ def _onnx_step(session: ort.InferenceSession) -> StepFn:
     return step
 
 
-def check_parity(model: Captioner, folder: Path, images: np.ndarray, atol: float, batch_size: int = 8) -> ParityReport:
-    """Torch vs ONNX Runtime on `images` (N, 3, H, W): features, step log-probs, greedy captions."""
+def check_parity(model: Captioner, folder: Path, images: np.ndarray, atol: float, batch_size: int = 8,
+                 domain: DomainHead | None = None) -> ParityReport:
+    """Torch vs ONNX Runtime on `images` (N, 3, H, W): features (and domain outputs), step log-probs,
+    greedy captions."""
     model = model.eval().float().cpu()
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -180,12 +290,16 @@ def check_parity(model: Captioner, folder: Path, images: np.ndarray, atol: float
     for start in range(0, len(images), batch_size):
         batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
         with torch.no_grad():
-            t_out = [x.numpy() for x in model.encode(torch.from_numpy(batch))]
+            t_out = [x.numpy() for x in _Encoder(model, domain).eval()(torch.from_numpy(batch))]
         o_out = encoder.run(None, {"images": batch})
-        for a, b in zip(t_out, o_out, strict=True):
+        if len(t_out) != len(o_out):
+            raise ParityError(f"the encoder graph has {len(o_out)} outputs, torch {len(t_out)}")
+        for a, b in zip(t_out[:3], o_out[:3], strict=True):
             report.max_feature_diff = max(report.max_feature_diff, float(np.abs(a - b).max()))
-        t_state = dict(zip(("memory", "keys", "state"), t_out, strict=True))
-        o_state = dict(zip(("memory", "keys", "state"), o_out, strict=True))
+        if domain is not None:
+            _domain_parity(report, t_out[3:], o_out[3:], domain.policy)
+        t_state = dict(zip(("memory", "keys", "state"), t_out[:3], strict=True))
+        o_state = dict(zip(("memory", "keys", "state"), o_out[:3], strict=True))
         n = len(batch)
         t_hyps = greedy_search(_torch_step(model), t_state, n, BOS, EOS, max_length, BANNED_IDS)
         o_hyps = greedy_search(_onnx_step(decoder), o_state, n, BOS, EOS, max_length, BANNED_IDS)
@@ -201,6 +315,20 @@ def check_parity(model: Captioner, folder: Path, images: np.ndarray, atol: float
                 report.mismatches.append((th.tokens, oh.tokens))
         report.images += n
     return report
+
+
+def _domain_parity(report: ParityReport, t_out: list[np.ndarray], o_out: list[np.ndarray],
+                   policy: DomainPolicy) -> None:
+    t_score, o_score = t_out[0], o_out[0]
+    rel = np.abs(t_score - o_score) / np.maximum(1.0, np.abs(t_score))
+    report.max_domain_score_rel_diff = max(report.max_domain_score_rel_diff, float(rel.max()))
+    t_probs, o_probs = (t_out[1], o_out[1]) if len(t_out) > 1 else (None, None)
+    if t_probs is not None and o_probs is not None:
+        report.max_label_prob_diff = max(report.max_label_prob_diff, float(np.abs(t_probs - o_probs).max()))
+    for i in range(len(t_score)):
+        a = judge(float(t_score[i]), None if t_probs is None else t_probs[i], policy)
+        b = judge(float(o_score[i]), None if o_probs is None else o_probs[i], policy)
+        report.verdict_flips += (a.in_domain, a.caption) != (b.in_domain, b.caption)
 
 
 def _path_log_probs(model: Captioner, decoder: ort.InferenceSession, state: dict[str, np.ndarray],
@@ -231,13 +359,14 @@ def _near_tie(log_probs: np.ndarray, a: list[int], b: list[int], tol: float) -> 
 def export_captioner(model: Captioner, tokenizer_json: str, repo: Path, model_name: str = "captioner",
                      version: int | None = None, *, dev_images: np.ndarray | None = None,
                      weights_dtype: str = "float16", atol: float | None = None,
-                     source_checkpoint_sha256: str = "", extras: dict[str, Any] | None = None
-                     ) -> tuple[Path, Manifest]:
+                     source_checkpoint_sha256: str = "", extras: dict[str, Any] | None = None,
+                     domain: DomainHead | None = None) -> tuple[Path, Manifest]:
     """Export, gate and publish `model` + its tokenizer as `<repo>/<model_name>/<version>/` (default: next).
 
     dev_images: (N, 3, H, W) float32 in [0, 1] at the model's image size (models/caption_image.py
     `to_pixels`); seeded synthetic images when None. Raises ParityError (publishing nothing) when the
     gate fails, ValueError on a wrong image size or a tokenizer that does not match the model.
+    domain: the out-of-domain check to build into the encoder graph (`build_domain_head`); None: none.
     """
     cfg = model.cfg
     atol = atol if atol is not None else DEFAULT_ATOL.get(weights_dtype, 0.0)
@@ -248,9 +377,9 @@ def export_captioner(model: Captioner, tokenizer_json: str, repo: Path, model_na
         raise ValueError(f"dev images are {dev_images.shape[1:]}, the model takes (3, {cfg.image_size_px}, "
                          f"{cfg.image_size_px})")
     with staged_version(repo, model_name, version) as (tmp, final):
-        export_onnx(model, tmp, weights_dtype)
+        export_onnx(model, tmp, weights_dtype, domain)
         images = dev_images if dev_images is not None else synthetic_images(8, cfg.image_size_px)
-        report = check_parity(model, tmp, images, atol)
+        report = check_parity(model, tmp, images, atol, domain=domain)
         logger.info("parity: %d images, max |diff| features %.2e, step log-probs %.2e (atol %.0e), greedy "
                     "captions equal %d, near-tie swaps %d", report.images, report.max_feature_diff,
                     report.max_log_prob_diff, atol, report.captions_equal, report.tie_swaps)
@@ -259,7 +388,12 @@ def export_captioner(model: Captioner, tokenizer_json: str, repo: Path, model_na
                               f"{report.max_log_prob_diff:.3e} (atol {atol:.0e}), {len(report.mismatches)} "
                               f"different greedy captions, e.g. {report.mismatches[:2]}")
         (tmp / TOKENIZER_FILE).write_text(tokenizer_json)
-        specs = graph_specs(cfg)
+        specs = graph_specs(cfg, domain)
+        if domain is not None:
+            extras = {**(extras or {}), "domain": {
+                "score_output": "domain_score",
+                "probs_output": "label_probs" if domain.classifier is not None else None,
+                **domain.policy.to_dict(), "fit": domain.fit}}
         manifest = Manifest(
             model=model_name, task=TASK, config=cfg.to_dict(), inputs=specs["encoder"]["inputs"],
             outputs=specs["encoder"]["outputs"], files=file_digests(tmp), engine="onnxruntime",

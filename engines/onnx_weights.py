@@ -17,12 +17,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-def weights_to_fp16(path: Path, min_elements: int = 1024) -> int:
-    """Rewrite `path` with FP16-stored weights; returns how many initializers were converted."""
+def weights_to_fp16(path: Path, min_elements: int = 1024, keep_fp32_prefix: str | None = None) -> int:
+    """Rewrite `path` with FP16-stored weights; returns how many initializers were converted.
+    Initializers whose name starts with `keep_fp32_prefix` stay FP32 (rounding-sensitive by design)."""
     m = onnx.load(str(path))
     casts = []
     for init in m.graph.initializer:
         if init.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if keep_fp32_prefix and init.name.startswith(keep_fp32_prefix):
             continue
         arr = numpy_helper.to_array(init)
         if arr.size < min_elements:

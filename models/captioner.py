@@ -196,8 +196,11 @@ class Captioner(nn.Module):
 
     def encode(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """RGB in [0, 1] (B, 3, H, W) -> memory (B, N, D), attention keys (B, N, A), initial state (B, S)."""
-        feats = self.encoder(images)  # (B, C, H/stride, W/stride)
-        feats = feats.flatten(2).transpose(1, 2)  # (B, N, C)
+        return self.encode_feature_map(self.encoder(images))
+
+    def encode_feature_map(self, feature_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The encoder's map (B, C, H/stride, W/stride) -> memory, keys, initial state (see `encode`)."""
+        feats = feature_map.flatten(2).transpose(1, 2)  # (B, N, C)
         memory = self.memory_norm(self.to_memory(feats) + self.position)  # (B, N, D)
         keys = self.to_keys(memory)  # (B, N, A), computed once rather than at every step
         state = torch.tanh(self.init_state(memory.mean(dim=1)))  # (B, S)
@@ -258,6 +261,28 @@ def _rename(key: str) -> str | None:
     if parts[0] in _KEY_MAP:
         return ".".join([_KEY_MAP[parts[0]], *parts[1:]])
     return None  # the ImageNet classifier (_fc) is not part of the captioner
+
+
+def load_imagenet_classifier(path: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The wheel's ImageNet classifier over the pooled encoder features: weight (1000, C), bias (1000,)."""
+    raw = torch.load(path or pretrained_encoder_path(), map_location="cpu", weights_only=True)
+    return raw["_fc.weight"].float(), raw["_fc.bias"].float()
+
+
+def imagenet_labels() -> list[str]:
+    """The 1,000 ImageNet class names in class-id order, from the JSON that ships inside the `gradio` wheel
+    (`gradio/media_assets/data/imagenet_labels.json`; read as a file, gradio is not imported)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.find_spec("gradio")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("ImageNet class names come from the gradio wheel: `pip install -e '.[ui]'`")
+    path = Path(spec.submodule_search_locations[0]) / "media_assets" / "data" / "imagenet_labels.json"
+    labels = json.loads(path.read_text())
+    if not isinstance(labels, list) or len(labels) != 1000 or not all(isinstance(x, str) for x in labels):
+        raise RuntimeError(f"{path} is not a list of 1,000 ImageNet class names")
+    return labels
 
 
 def load_pretrained_encoder(model: Captioner, path: Path | None = None) -> None:

@@ -3,32 +3,47 @@ the parity gate.
 
     nui export captioner --checkpoint runs/captioner_small --repo model_repository \
         --dev-images data/captions/images/val [--dev-limit 64] [--weights-dtype float16|float32] [--version N] \
-        [--precision fp16]
+        [--precision fp16] [--domain-data data/captions [--domain-quantile 0.99] [--domain-components 256]]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder or a model.safetensors; the
 tokenizer.json next to it (or in its run folder) is published with the engines. --dev-images takes image
 files and/or folders of them (JPEG/PNG/WebP), resized with the shared preprocessing
-(models/caption_image.py). This is glue between training/ (checkpoint reader) and engines/ (export),
+(models/caption_image.py). --domain-data builds the out-of-domain check into the encoder
+(models/caption_domain.py): its statistics from the pooled features of every image of
+`captions_train.json`, its threshold at --domain-quantile of `captions_val.json`'s scores (COCO captions
+files as `nui data captions` writes them). This is glue between training/ (checkpoint reader) and engines/ (export),
 which must not import each other.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from engines.export_captioner import DEFAULT_ATOL, ParityError, export_captioner, synthetic_images
+from engines.export_captioner import (
+    DEFAULT_ATOL,
+    DomainHead,
+    ParityError,
+    build_domain_head,
+    export_captioner,
+    pooled_features,
+    synthetic_images,
+)
 from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp16
 from engines.fp16_parity import captioner_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
 from models.caption_image import to_pixels
+from models.captioner import Captioner
 from nui.engine_options import add_engine_options, check_engine_options
+from training.captioner.coco import read_coco
 from training.captioner.model_io import load_model
 
 logger = logging.getLogger(__name__)
@@ -63,6 +78,23 @@ def load_images(files: list[Path], size_px: int) -> np.ndarray:
     return np.stack(out)
 
 
+def _batches(files: list[Path], size_px: int, batch_size: int = 64) -> Iterator[np.ndarray]:
+    from tqdm import tqdm
+
+    for start in tqdm(range(0, len(files), batch_size), desc="domain features", unit="batch", leave=False):
+        yield load_images(files[start:start + batch_size], size_px)
+
+
+def domain_head(model: Captioner, data: Path, quantile: float, components: int) -> DomainHead:
+    """The out-of-domain check fitted on `data`'s train split, thresholded on its val split."""
+    feats = {}
+    for split in ("train", "val"):
+        files = [it.path for it in read_coco(data / f"captions_{split}.json")]
+        feats[split] = pooled_features(model, _batches(files, model.cfg.image_size_px))
+    head = build_domain_head(model, feats["train"], feats["val"], quantile=quantile, components=components)
+    return dataclasses.replace(head, fit={**head.fit, "data": str(data), "fit_split": "train", "dev_split": "val"})
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nui export captioner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dev-limit", type=int, default=64)
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
+    p.add_argument("--domain-data", type=Path, default=None,
+                   help="folder with captions_train.json and captions_val.json: build the out-of-domain check")
+    p.add_argument("--domain-quantile", type=float, default=0.99,
+                   help="threshold = this quantile of the val split's domain scores")
+    p.add_argument("--domain-components", type=int, default=256, help="principal directions kept (PPCA)")
     add_engine_options(p, ["fp32", "fp16"],
                        "fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines (greedy "
                        "caption agreement, encoder outputs)")
@@ -86,6 +123,11 @@ def main(argv: list[str] | None = None) -> int:
         images = None
         if args.dev_images:
             images = load_images(image_files(args.dev_images, args.dev_limit), model.cfg.image_size_px)
+        domain = None
+        if args.domain_data:
+            if args.precision == "fp16":
+                raise ValueError("--domain-data is not supported with --precision fp16 yet")
+            domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components)
         if args.precision == "fp16":
             with fp32_staging() as fp32_repo:
                 fp32_dir, _ = export_captioner(
@@ -103,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path, manifest = export_captioner(
                 model, tokenizer.to_str(), args.repo, args.model_name, args.version, dev_images=images,
-                weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
+                weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
+                domain=domain)
     except (OSError, ValueError, ParityError, Fp16GateError) as e:
         print(f"nui export captioner: {e}", file=sys.stderr)
         return 1

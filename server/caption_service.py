@@ -34,7 +34,12 @@ def request_options(config: caption_pb2.CaptionConfig) -> CaptionOptions:
 
 def to_response(result: CaptionResult, model: str, version: int, request_id: str,
                 total_s: float) -> caption_pb2.CaptionResponse:
+    v = result.domain
+    domain = None if v is None else caption_pb2.DomainCheck(in_domain=v.in_domain, score=v.score,
+                                                            threshold=v.threshold, label=v.label,
+                                                            label_prob=v.label_prob)
     return caption_pb2.CaptionResponse(
+        domain=domain,
         captions=[caption_pb2.Caption(text=c.text, score=c.score, log_prob=c.log_prob, finished=c.finished)
                   for c in result.captions],
         model=model, model_version=version, request_id=request_id, image_width=result.width,

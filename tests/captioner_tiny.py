@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,9 @@ from PIL import Image
 
 from models.caption_text import CaptionTokenizer, train_tokenizer
 from models.captioner import Captioner, build, get_preset
+
+if TYPE_CHECKING:
+    from engines.export_captioner import DomainHead
 
 CAPTIONS = {"red": "a red square on grass", "blue": "a blue circle in the sky"}
 
@@ -65,3 +69,23 @@ def save_run(model: Captioner, tokenizer: CaptionTokenizer, run_dir: Path) -> Pa
     save_weights(run_dir / "model.safetensors", model, "captioner", model.cfg.to_dict())
     tokenizer.save(run_dir / "tokenizer.json")
     return run_dir
+
+
+def tiny_domain_head(model: Captioner, label_bias: tuple[float, ...] | None = (5.0, 0.0, 0.0)) -> DomainHead:
+    """An out-of-domain check for the tiny captioner: statistics of 60 red and 60 blue pictures (train) and
+    40 more (dev); a 3-class stand-in for the ImageNet classifier (zero weights, `label_bias` logits: class 0
+    "ostrich" at p 0.99 by default) since the tiny encoder has none; None: no classifier."""
+    from engines.export_captioner import DomainHead, build_domain_head, pooled_features
+    from models.caption_domain import DomainPolicy
+
+    def batch(seeds: range) -> np.ndarray:
+        return np.stack([picture(k, seed=s) for s in seeds for k in CAPTIONS]).transpose(0, 3, 1, 2) / np.float32(255)
+
+    head = build_domain_head(model, pooled_features(model, [batch(range(1000, 1060))]),
+                             pooled_features(model, [batch(range(2000, 2020))]), components=8)
+    if label_bias is None:
+        return head
+    weight = torch.zeros(len(label_bias), model.encoder.out_channels)
+    labels = ("ostrich", "tench", "goldfish")[: len(label_bias)]
+    return DomainHead(head.stats, DomainPolicy(head.policy.score_threshold, labels=labels),
+                      (weight, torch.tensor(label_bias)), head.fit)

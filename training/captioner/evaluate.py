@@ -1,7 +1,7 @@
 """`nui eval captioner`: caption a split (greedy and beam search) and score it with BLEU-4 and CIDEr.
 
     nui eval captioner --checkpoint runs/captioner_small --data data/captions --split test \
-        --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos]
+        --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos] [--domain-repo model_repository]
 
 Writes the JSON (metrics per decoder, every hypothesis with its references; on `nui data captions`
 scenes also how often the caption names each object and the background) and `<out stem>.png`, a grid
@@ -9,6 +9,13 @@ of sample images with their greedy caption. `--photos` also captions scikit-imag
 (coffee, astronaut, chelsea the cat, rocket, ...), which the model has never seen, into the JSON and
 `<out stem>_photos.png`. Beam search is models/caption_beam.py (what the server runs) over the torch
 decoder step.
+
+The out-of-domain check is the server's: the encoder graph of the model-repository version exported from
+this very checkpoint (matched by the checkpoint's sha256, under --domain-repo) scores every image, and
+models/caption_domain.py `judge` replaces the captions of out-of-domain images with the fallback
+("a photo of <ImageNet label>" / "a photo"), as `Caption` answers. Metrics are over those captions; the
+JSON also keeps the decoder's own captions, the flagged images and each photo's verdict. No matching
+version (or --no-domain-check): captions are the decoder's only.
 """
 
 from __future__ import annotations
@@ -23,7 +30,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from engines.engine import Engine, load_engine
+from engines.manifest import sha256_file
 from models.caption_beam import SearchOptions, beam_search
+from models.caption_domain import DomainPolicy, DomainVerdict, judge
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
 from models.captioner import Captioner
 from training.captioner.coco import CaptionedImage, read_coco
@@ -120,16 +130,74 @@ def photo_images(size_px: int) -> dict[str, torch.Tensor]:
     return out
 
 
-def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool
-             ) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+def find_domain_version(repo: Path, weights: Path) -> Path | None:
+    """The highest captioner version under `repo` exported from `weights` with a domain check, or None."""
+    sha = sha256_file(weights)
+    found = []
+    for path in repo.glob("*/*/manifest.json"):
+        m = json.loads(path.read_text())
+        if m.get("task") == "captioner" and m.get("source_checkpoint_sha256") == sha \
+                and "domain" in m.get("extras", {}):
+            found.append(path.parent)
+    return max(found, key=lambda p: (p.parent.name, int(p.name))) if found else None
+
+
+class DomainJudge:
+    """The version's encoder graph (domain score, ImageNet probabilities) + the shared `judge`."""
+
+    def __init__(self, version_dir: Path) -> None:
+        self.version_dir = version_dir
+        self.engine: Engine = load_engine(version_dir.parent.parent, version_dir.parent.name, int(version_dir.name),
+                                          1, graph="encoder")
+        spec = self.engine.manifest.extras["domain"]
+        self.policy = DomainPolicy.from_dict(spec)
+        self.score_output, self.probs_output = spec["score_output"], spec.get("probs_output")
+
+    def __call__(self, images: torch.Tensor, batch_size: int = 64) -> list[DomainVerdict]:
+        verdicts = []
+        for start in range(0, len(images), batch_size):
+            out = self.engine.run({"images": images[start:start + batch_size].numpy()})
+            probs = out[self.probs_output] if self.probs_output else None
+            verdicts += [judge(float(score), None if probs is None else probs[i], self.policy)
+                         for i, score in enumerate(out[self.score_output])]
+        return verdicts
+
+
+def checked(hyps: list[str], verdicts: list[DomainVerdict] | None) -> list[str]:
+    """The captions as the server answers them: the fallback where the image is out of domain."""
+    if verdicts is None:
+        return hyps
+    return [h if v.in_domain else v.caption for h, v in zip(hyps, verdicts, strict=True)]
+
+
+def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool,
+             domain_repo: Path | None = None) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
     model, tokenizer, weights = load_model(checkpoint)
+    version = find_domain_version(domain_repo, weights) if domain_repo is not None else None
+    if domain_repo is not None and version is None:
+        logger.warning("no captioner version with a domain check exported from %s under %s: captions unchecked",
+                       weights, domain_repo)
+    domain = DomainJudge(version) if version is not None else None
     images = torch.stack([load_image(it.path, model.cfg.image_size_px) for it in items])
     refs = [list(it.captions) for it in items]
     result: dict[str, Any] = {"checkpoint": str(weights), "images": len(items), "metrics": {}, "captions": {}}
+    verdicts = domain(images) if domain is not None else None
+    if domain is not None and verdicts is not None:
+        flagged = [i for i, v in enumerate(verdicts) if not v.in_domain]
+        result["domain"] = {"version": str(domain.version_dir), "threshold": domain.policy.score_threshold,
+                            "label_threshold": domain.policy.label_threshold, "flagged": len(flagged),
+                            "flagged_share": len(flagged) / max(1, len(items)),
+                            "flagged_files": [str(items[i].path) for i in flagged],
+                            "scores": [round(v.score, 4) for v in verdicts]}
+        logger.info("domain check (%s): %d of %d images out of domain", domain.version_dir, len(flagged), len(items))
     greedy: list[str] = []
     for beam in beam_sizes:
         name = "greedy" if beam == 1 else f"beam{beam}"
-        hyps = decode(model, tokenizer, images, beam)
+        raw = decode(model, tokenizer, images, beam)
+        hyps = checked(raw, verdicts)
+        if verdicts is not None:
+            result["captions"][f"{name}_decoder"] = raw
+            result["metrics"][f"{name}_decoder"] = caption_scores(refs, raw)
         result["metrics"][name] = caption_scores(refs, hyps)
         recall = scene_recall(coco_json, items, hyps)
         if recall:
@@ -143,7 +211,15 @@ def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], bea
     if photos:
         pics = photo_images(model.cfg.image_size_px)
         batch = torch.stack(list(pics.values()))
-        result["photos"] = {b: dict(zip(pics, decode(model, tokenizer, batch, b), strict=True)) for b in beam_sizes}
+        photo_verdicts = domain(batch) if domain is not None else None
+        raw_photos = {b: decode(model, tokenizer, batch, b) for b in beam_sizes}
+        result["photos"] = {b: dict(zip(pics, checked(raw, photo_verdicts), strict=True))
+                            for b, raw in raw_photos.items()}
+        result["photos_decoder"] = {b: dict(zip(pics, raw, strict=True)) for b, raw in raw_photos.items()}
+        if photo_verdicts is not None:
+            result["photos_domain"] = {k: {"in_domain": v.in_domain, "score": v.score, "label": v.label,
+                                           "label_prob": v.label_prob}
+                                       for k, v in zip(pics, photo_verdicts, strict=True)}
     return result, images, greedy
 
 
@@ -158,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
     p.add_argument("--grid", type=int, default=16, help="sample images in the PNG grid")
     p.add_argument("--photos", action="store_true", help="also caption scikit-image's real photographs")
+    p.add_argument("--domain-repo", type=Path, default=Path("model_repository"),
+                   help="model repository holding the version exported from this checkpoint (its domain check)")
+    p.add_argument("--no-domain-check", action="store_true", help="score the decoder's captions only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -170,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(str(e))
     items = items[: args.limit] if args.limit else items
     beams = [1] if args.beam_size == 1 else [1, args.beam_size]
-    result, images, greedy = evaluate(args.checkpoint, coco_json, items, beams, args.photos)
+    result, images, greedy = evaluate(args.checkpoint, coco_json, items, beams, args.photos,
+                                      None if args.no_domain_check else args.domain_repo)
     result["split"] = args.split
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -186,7 +266,15 @@ def main(argv: list[str] | None = None) -> int:
         named = (f"; objects named {100 * m['object_recall']:.1f}%, all objects {100 * m['all_objects_named']:.1f}%, "
                  f"background {100 * m['background_named']:.1f}%" if "object_recall" in m else "")
         print(f"{args.split} {name}: BLEU-4 {m['bleu4']:.3f} CIDEr {m['cider']:.3f} ({int(m['n'])} images){named}")
+    if "domain" in result:
+        print(f"{args.split} out of domain: {result['domain']['flagged']} of {result['images']} images "
+              f"(threshold {result['domain']['threshold']:.3f}, {result['domain']['version']})")
     if args.photos:
-        for k, v in result["photos"][1].items():
-            print(f"photo {k}: {v}")
+        last = beams[-1]
+        for k, v in result["photos"][last].items():
+            verdict = result.get("photos_domain", {}).get(k)
+            note = (f"  [{'in' if verdict['in_domain'] else 'OUT OF'} domain, score {verdict['score']:.2f}, "
+                    f"top ImageNet p {verdict['label_prob']:.2f}; decoder: {result['photos_decoder'][last][k]}]"
+                    if verdict else "")
+            print(f"photo {k} (beam {last}): {v}{note}")
     return 0
