@@ -2,7 +2,9 @@
 export with the parity gate -> `nui serve` -> `Caption` and `nui caption`.
 
 The tiny model trains for a few steps only, so its captions are not meaningful; what must hold is that
-every stage runs and that the served caption is exactly what the torch checkpoint decodes greedily.
+every stage runs and that the served caption is exactly what the torch checkpoint decodes greedily — or,
+for an image the exported out-of-domain check rejects, the honest fallback "a photo" (the tiny encoder has
+no ImageNet classifier to name anything).
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
     nui("train", "captioner", "--nproc", "2", "--recipe", "training/captioner/recipes/tiny.yaml",
         f"data.dir={data}", f"run.out_dir={work / 'run'}")
     out = nui("export", "captioner", "--checkpoint", str(work / "run"), "--repo", str(work / "repo"),
-              "--dev-images", str(data / "images" / "val"), "--weights-dtype", "float32").stdout
+              "--dev-images", str(data / "images" / "val"), "--weights-dtype", "float32",
+              "--domain-data", str(data), "--domain-components", "4").stdout
     assert "published" in out
     return data, work / "run", work / "repo"
 
@@ -88,6 +91,10 @@ def test_export_passed_parity_on_dev_images_and_ships_the_tokenizer(published: t
     assert manifest["task"] == "captioner" and manifest["parity"]["passed"] and manifest["parity"]["dev_data"]
     assert manifest["parity"]["captions_equal"] == manifest["parity"]["images"] == 4
     assert {"encoder.onnx", "decoder_step.onnx", "tokenizer.json"} == set(manifest["files"])
+    domain = manifest["extras"]["domain"]
+    assert domain["score_output"] == "domain_score" and domain["probs_output"] is None and domain["labels"] == []
+    assert domain["fit"]["components"] == 4 and domain["fit"]["dev_images"] == 4 and domain["fit"]["quantile"] == 0.99
+    assert domain["score_threshold"] > 0 and manifest["parity"]["verdict_flips"] == 0
     assert (repo / "captioner" / "1" / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
 
 
@@ -101,13 +108,20 @@ def test_caption_over_grpc_matches_the_torch_checkpoint(published: tuple[Path, P
     expected = _torch_greedy(run, images)
     with grpc.insecure_channel(server_address) as channel:
         stub = caption_pb2_grpc.CaptionerStub(channel)
+        decoded = 0
         for path, want in zip(images, expected, strict=True):
             config = caption_pb2.CaptionConfig(beam_size=1)
             reply = stub.Caption(caption_pb2.CaptionRequest(config=config, image=path.read_bytes()), timeout=30)
+            assert reply.HasField("domain") and reply.domain.threshold > 0
+            if not reply.domain.in_domain:
+                assert reply.domain.score > reply.domain.threshold and [c.text for c in reply.captions] == ["a photo"]
+                continue
+            decoded += 1
             assert reply.captions[0].text == want and want
             beam = stub.Caption(caption_pb2.CaptionRequest(image=path.read_bytes(), config=caption_pb2.CaptionConfig(
                 beam_size=3, n_best=2)), timeout=30)
             assert len(beam.captions) == 2 and beam.captions[0].score >= beam.captions[1].score
+        assert decoded >= 1  # held-out scenes of the training objects are mostly in domain
         with pytest.raises(grpc.RpcError) as info:
             stub.Caption(caption_pb2.CaptionRequest(image=b"GIF89a not really"), timeout=30)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
