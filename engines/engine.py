@@ -187,19 +187,36 @@ def load_engine(repo: Path, model: str, version: int | None = None,
     (unless `verify` is False: a further graph of a version already verified).
 
     The manifest's `engine` picks the backend: "onnxruntime" (on the execution `provider`: cpu, cuda or
-    tensorrt, see PROVIDERS) or "tensorrt" (a TensorRT plan, engines/tensorrt_engine.py).
+    tensorrt, see PROVIDERS), "tensorrt" (a TensorRT plan, engines/tensorrt_engine.py) or "torch" (PyTorch
+    on the GPU with `provider` cuda, on the CPU with cpu; engines/torch_engine.py).
     Raises ValueError with the folder and the mismatch when the repository, manifest or model is wrong, or
     when a TensorRT plan was built for another TensorRT version or GPU (EngineMismatch).
     """
     folder = version_dir(Path(repo), model, version)
     engine: Engine
-    if read_manifest(folder, verify=False).engine == "tensorrt":
+    kind = read_manifest(folder, verify=False).engine
+    if kind == "tensorrt":
         # imported only here: needs tensorrt + cuda-python, and refuses a plan built for another TensorRT/GPU
         from engines.tensorrt_engine import TensorRTEngine
 
         engine = TensorRTEngine(folder, graph=graph, verify=verify)
+    elif kind == "torch":
+        engine = _torch_engine(folder, graph, verify, provider)
     else:
         engine = OnnxRuntimeEngine(folder, intra_op_threads, graph=graph, verify=verify, provider=provider)
     if engine.name != model:
         raise ValueError(f"{folder}: manifest model is {engine.name!r} but the folder says {model!r}")
     return engine
+
+
+def _torch_engine(folder: Path, graph: str | None, verify: bool, provider: str) -> Engine:
+    """A `torch` version on the device `provider` names; a clear error where torch is not installed (the
+    serving-only install) instead of an ImportError deep in start-up."""
+    if provider not in ("cpu", "cuda"):
+        raise ValueError(f"{folder}: a torch engine runs with --provider cuda or cpu, not {provider!r}")
+    try:
+        from engines.torch_engine import TorchEngine
+    except ImportError as e:
+        raise ValueError(f"{folder}: a torch engine needs PyTorch, which this install lacks ({e}); install the "
+                         "train extra or serve an ONNX version") from e
+    return TorchEngine(folder, graph=graph, verify=verify, device=provider)

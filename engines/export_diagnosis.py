@@ -51,7 +51,7 @@ class ParityError(RuntimeError):
     """The exported engine disagrees with the torch model; it was not published."""
 
 
-class _WithSoftmax(nn.Module):
+class WithSoftmax(nn.Module):
     """Export wrapper applied from outside: logits -> probabilities."""
 
     def __init__(self, model: DiagnosisModel) -> None:
@@ -91,7 +91,7 @@ def export_onnx(model: DiagnosisModel, path: Path, weights_dtype: str = "float16
     """Trace-export the calibrated probabilities with a dynamic batch axis."""
     if weights_dtype not in DEFAULT_ATOL:
         raise ValueError(f"weights_dtype must be one of {sorted(DEFAULT_ATOL)}, got {weights_dtype!r}")
-    wrapper = _WithSoftmax(model.eval().float().cpu()).eval()
+    wrapper = WithSoftmax(model.eval().float().cpu()).eval()
     inputs, outputs = tensor_specs(model.cfg.n_symptoms, model.cfg.n_diseases)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,9 +12,11 @@ from engines.tensorrt_engine import installed_tensorrt
 def add_engine_options(p: argparse.ArgumentParser, precisions: Sequence[str], precision_help: str,
                        refit: bool = False) -> None:
     p.add_argument("--precision", choices=list(precisions), default="fp32", help=precision_help)
-    p.add_argument("--engine", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+    p.add_argument("--engine", choices=["onnxruntime", "tensorrt", "torch"], default="onnxruntime",
                    help="tensorrt: a strongly typed TensorRT plan of the FP16 engine (implies --precision fp16; "
-                        "needs TensorRT and a CUDA GPU; engines/tensorrt_build.py)")
+                        "needs TensorRT and a CUDA GPU; engines/tensorrt_build.py). torch: the PyTorch backend "
+                        "(FP16 autocast and CUDA graphs on a GPU with `nui serve --provider cuda`; "
+                        "engines/torch_engine.py), gated against the ONNX engine")
     p.add_argument("--timing-cache", type=Path, help="TensorRT timing cache file, read and updated")
     if refit:
         p.add_argument("--refit", action="store_true", help="build a refittable TensorRT plan")

@@ -2,7 +2,7 @@
 
     nui export speech --checkpoint runs/speech_small --repo model_repository \
         --dev-manifest data/speech/dev.jsonl --lm-dir data/speech/lm [--version N] [--precision fp16] \
-        [--engine tensorrt --timing-cache runs/trt.cache]
+        [--engine tensorrt --timing-cache runs/trt.cache | --engine torch]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder, or a model.safetensors.
 A unidirectional (streaming preset) checkpoint is exported as a stateful streaming engine, model
@@ -30,6 +30,7 @@ from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp
 from engines.fp16_parity import speech_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
+from engines.torch_build import publish_torch, speech_feeds
 from nui.engine_options import add_engine_options, check_engine_options
 from training.common.checkpoint import save_weights
 from training.speech_ctc.manifest import load_audio, read_manifest
@@ -88,7 +89,18 @@ def main(argv: list[str] | None = None) -> int:
         streaming = not model.cfg.bidirectional if args.streaming is None else args.streaming
         common: dict[str, Any] = dict(dev_clips=clips, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
                                       extra_files=extra_files, extras=extras)
-        if streaming:
+        if args.engine == "torch":
+            if streaming:
+                raise ValueError("--engine torch serves offline models; add --no-streaming")
+            with fp32_staging() as stage:
+                half = args.precision != "fp32"  # FP16 storage, as the torch version stores it
+                onnx_dir, _ = export_speech_ctc(model, stage, "speech_ctc", **{
+                    **common, "weights_dtype": "float16" if half else "float32",
+                    "atol": max(args.atol, FP16_WEIGHTS_ATOL) if half else args.atol})
+                path, manifest = publish_torch(
+                    onnx_dir, model, args.repo, args.model_name or "speech_ctc", args.version, precision=args.precision,
+                    feeds={None: speech_feeds(clips or noise_clips(sample_rate_hz=model.cfg.sample_rate_hz))})
+        elif streaming:
             if args.precision != "fp32":
                 raise ValueError("--precision fp16 is not available for streaming engines yet; add --no-streaming")
             path, manifest = export_speech_ctc_streaming(

@@ -40,7 +40,10 @@ from engines.fp16 import Fp16GateError, fp32_staging, island_summary, publish_fp
 from engines.fp16_parity import captioner_check
 from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
+from engines.torch_build import captioner_feeds, publish_torch
+from engines.torch_engine import domain_tensors
 from models.caption_image import to_pixels
+from models.caption_text import BOS
 from models.captioner import Captioner
 from nui.engine_options import add_engine_options, check_engine_options
 from training.captioner.coco import read_coco
@@ -125,10 +128,23 @@ def main(argv: list[str] | None = None) -> int:
             images = load_images(image_files(args.dev_images, args.dev_limit), model.cfg.image_size_px)
         domain = None
         if args.domain_data:
-            if args.precision == "fp16":
-                raise ValueError("--domain-data is not supported with --precision fp16 yet")
+            if args.precision == "fp16" and args.engine != "torch":
+                raise ValueError("--domain-data is not supported with --precision fp16 ONNX engines yet")
             domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components)
-        if args.precision == "fp16":
+        if args.engine == "torch":
+            storage = "float32" if args.precision == "fp32" and args.weights_dtype == "float32" else "float16"
+            with fp32_staging() as stage:
+                onnx_dir, _ = export_captioner(
+                    model, tokenizer.to_str(), stage, args.model_name, dev_images=images, weights_dtype=storage,
+                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights), domain=domain)
+                gate_images = (images if images is not None else synthetic_images(8, model.cfg.image_size_px))[:16]
+                path, manifest = publish_torch(
+                    onnx_dir, model, args.repo, args.model_name, args.version,
+                    precision=args.precision if args.precision == "fp16" else
+                    "fp16-weights" if storage == "float16" else "fp32",
+                    feeds=captioner_feeds(onnx_dir, gate_images, np.full(len(gate_images), BOS)),
+                    extra_tensors=domain_tensors(domain) if domain is not None else None)
+        elif args.precision == "fp16":
             with fp32_staging() as fp32_repo:
                 fp32_dir, _ = export_captioner(
                     model, tokenizer.to_str(), fp32_repo, args.model_name, dev_images=images, weights_dtype="float32",
