@@ -20,8 +20,9 @@ Phases, each call with a deadline and an outer guard (deadline + 5 s) that would
    through tritonclient's own stubs; undecodable protobuf bytes on every unary method), run with
    `--concurrency` calls at a time; the same seed gives the same cases in the same order;
 3. overload: 20 valid Recognize calls one at a time (unloaded latency), then `--overload-calls` of them
-   all at once (many more than the queue holds) and 2 x `--max-streams` concurrent streams, each caller
-   calling again until `--overload-s` have passed (0: once) -> OK vs RESOURCE_EXHAUSTED, no call lost,
+   all at once (many more than the queue holds; every fourth with a 0.5 s deadline, shorter than the
+   queue's wait) and 2 x `--max-streams` concurrent streams, each caller calling again until
+   `--overload-s` have passed (0: once) -> OK vs RESOURCE_EXHAUSTED vs DEADLINE_EXCEEDED, no call lost,
    every answer before its deadline, admitted p50/p99 vs unloaded;
 4. after: the valid requests again; each answer must equal the baseline's (transcripts, caption texts,
    disease ranking; tensors within 1e-4).
@@ -91,6 +92,7 @@ BAD_CODES = ("INTERNAL", "UNKNOWN", "HANG", "LOST")
 # because the server already ended the call, overwriting the status the server sent
 # (https://github.com/grpc/grpc/issues/36066); counted apart, the server's own count of codes is checked.
 CLIENT_RACE = "CLIENT_INTERNAL"
+SHORT_DEADLINE_S = 0.5
 UNARY_METHODS = (  # every unary method a client can reach: undecodable bytes go to each
     "/nui.v1.Speech/Recognize", "/nui.v1.Diagnosis/Diagnose", "/nui.v1.Captioner/Caption",
     "/nvidia.riva.asr.RivaSpeechRecognition/Recognize",
@@ -145,6 +147,7 @@ class Case:
     kind: str  # what is wrong with it ("truncated WAV", ...)
     method: str  # stub attribute path ("speech.Recognize") or a raw method path for undecodable bytes
     request: Any  # a message, a Script for streaming methods, bytes for raw calls, int (size) for huge ones
+    deadline_s: float | None = None  # instead of the phase's deadline
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,7 @@ async def _stream(call_method: Any, items: Script, deadline_s: float) -> list[An
 
 async def call_once(stubs: Stubs, case: Case, deadline_s: float, phase: str) -> tuple[Record, Any]:
     """Run one case; the record and the response (None unless OK). Never raises."""
+    deadline_s = case.deadline_s or deadline_s
     method = _stub_method(stubs, case.method)
     request = b"\0" * case.request if isinstance(case.request, int) else case.request
     t0 = time.perf_counter()
@@ -879,9 +883,14 @@ def same_answer(a: Any, b: Any) -> bool:
 
 
 def overload_cases(inp: Inputs, n_calls: int, n_streams: int, streaming: bool) -> list[Case]:
+    """`n_calls` Recognize of the longest clip, every fourth with a deadline shorter than the queue's wait
+    (SHORT_DEADLINE_S: the server must answer DEADLINE_EXCEEDED in time, not run it), and the streams."""
     wav = max(inp.wavs, key=len)
-    cases = [Case("Speech/Recognize", "overload", "speech.Recognize", speech_pb2.RecognizeRequest(
-        config=speech_pb2.RecognitionConfig(decoder=speech_pb2.DECODER_GREEDY), audio=wav)) for _ in range(n_calls)]
+    request = speech_pb2.RecognizeRequest(config=speech_pb2.RecognitionConfig(decoder=speech_pb2.DECODER_GREEDY),
+                                          audio=wav)
+    cases = [Case("Speech/Recognize", "overload", "speech.Recognize", request) if i % 4 else
+             Case(f"Speech/Recognize, {SHORT_DEADLINE_S:g} s deadline", "overload", "speech.Recognize", request,
+                  SHORT_DEADLINE_S) for i in range(n_calls)]
     if streaming:
         req = speech_pb2.StreamingRecognizeRequest
         cfg = speech_pb2.RecognitionConfig(encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=RATE_HZ)
@@ -1110,7 +1119,8 @@ def main(argv: list[str] | None = None) -> int:
             run.records += [r for r, _ in fuzzed]
 
             over = overload_cases(inp, args.overload_calls, 2 * args.max_streams, streaming)
-            unloaded = asyncio.run(run_cases(server.address, over[:1] * 20, 1, args.overload_deadline_s,
+            plain = [c for c in over if c.deadline_s is None][:1]
+            unloaded = asyncio.run(run_cases(server.address, plain * 20, 1, args.overload_deadline_s,
                                              "unloaded"))
             run.records += [r for r, _ in unloaded]
             loaded = asyncio.run(run_cases(server.address, over, len(over), args.overload_deadline_s, "overload",
