@@ -13,6 +13,7 @@
     nui transcribe clip.wav [--server host:port]
     nui export diagnosis --checkpoint RUN_OR_CKPT --data data/diagnosis --repo model_repository
     nui eval dialog --repo model_repository --data data/diagnosis [--patients 500]
+    nui eval absent --repo model_repository --data data/diagnosis   do "no" answers lower the diseases they should
     nui export symptom-text --data data/diagnosis --repo model_repository
     nui eval symptom-text --repo model_repository [--out docs/diagnosis/symptom_text_eval.json]
     nui diagnose "my head is pounding, no fever" [--symptom HP:0001945] [--absent ID] [--server host:port]
@@ -51,6 +52,7 @@ COMMANDS: dict[tuple[str, str | None], str] = {
     ("export", "diagnosis"): "nui.export_diagnosis:export_main",
     ("export", "captioner"): "nui.export_captioner:main",
     ("eval", "dialog"): "nui.export_diagnosis:dialog_main",
+    ("eval", "absent"): "nui.absent_evidence:main",
     ("export", "symptom-text"): "nui.symptom_text:export_main",
     ("eval", "symptom-text"): "nui.symptom_text:eval_main",
     ("serve", None): "server.main:main",

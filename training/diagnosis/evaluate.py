@@ -37,7 +37,7 @@ from training.diagnosis.metrics import (
     reliability,
 )
 from training.diagnosis.model_io import load_model, predict_logits
-from training.diagnosis.patients import Patients
+from training.diagnosis.patients import Patients, hide_share
 from training.diagnosis.train import load_split
 
 logger = logging.getLogger(__name__)
@@ -103,23 +103,6 @@ def fit_naive_bayes(kb: KnowledgeBase, dev: Patients) -> tuple[NaiveBayes, float
             best = (m["nll"], nb, t)
     assert best is not None
     return best[1], best[2], grid
-
-
-def hide_share(p: Patients, share: float, seed: int) -> Patients:
-    """A copy of the split with each finding hidden with probability `share`, keeping at least one present
-    finding per patient that had one."""
-    rng = np.random.default_rng(seed)
-    keep = rng.random(len(p.symptom)) >= share
-    rows = np.repeat(np.arange(len(p)), np.diff(p.indptr))
-    lost = np.flatnonzero(np.bincount(rows, weights=keep & (p.value > 0), minlength=len(p)) == 0)
-    for i in lost:  # put one present finding back
-        pos = np.flatnonzero(p.value[p.indptr[i]:p.indptr[i + 1]] > 0)
-        if len(pos):
-            keep[p.indptr[i] + rng.choice(pos)] = True
-    counts = np.bincount(rows[keep], minlength=len(p))
-    return Patients(disease=p.disease, age_years=p.age_years, sex=p.sex,
-                    indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-                    symptom=p.symptom[keep], value=p.value[keep])
 
 
 def _table(title: str, rows: list[dict[str, Any]]) -> str:

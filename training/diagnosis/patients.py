@@ -105,6 +105,23 @@ class Patients:
             return cls(**{k: z[k] for k in ("disease", "age_years", "sex", "indptr", "symptom", "value")})
 
 
+def hide_share(p: Patients, share: float, seed: int) -> Patients:
+    """A copy of the split with each finding hidden with probability `share`, keeping at least one present
+    finding per patient that had one: evidence as a dialog in progress sees it (evaluation, calibration)."""
+    rng = np.random.default_rng(seed)
+    keep = rng.random(len(p.symptom)) >= share
+    rows = np.repeat(np.arange(len(p)), np.diff(p.indptr))
+    lost = np.flatnonzero(np.bincount(rows, weights=keep & (p.value > 0), minlength=len(p)) == 0)
+    for i in lost:  # put one present finding back
+        pos = np.flatnonzero(p.value[p.indptr[i]:p.indptr[i + 1]] > 0)
+        if len(pos):
+            keep[p.indptr[i] + rng.choice(pos)] = True
+    counts = np.bincount(rows[keep], minlength=len(p))
+    return Patients(disease=p.disease, age_years=p.age_years, sex=p.sex,
+                    indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+                    symptom=p.symptom[keep], value=p.value[keep])
+
+
 class Generator:
     """Draws patients from a knowledge base (steps 1-5 of the module docstring)."""
 

@@ -9,7 +9,8 @@ the loss, the dev metrics and the temperature fit.
 Writes `<run.out_dir>/checkpoints/step_N/` (exact resume), TensorBoard logs in `<out_dir>/tb`, per-epoch
 dev metrics in `<out_dir>/metrics.json` and `<out_dir>/curves.png`. After the last epoch the softmax
 temperature is fitted on the dev patients (run.calibrate) and saved inside the model's weights when it
-lowers the dev ECE.
+lowers the dev ECE (mean of all findings shown and half of them hidden). Rerunning a finished run
+only redoes that calibration.
 """
 
 from __future__ import annotations
@@ -36,12 +37,13 @@ from training.diagnosis.dataset import Batch, QuestionTable, make_batch
 from training.diagnosis.knowledge import KnowledgeBase
 from training.diagnosis.metrics import classification_metrics, fit_temperature, log_softmax, nll, reliability
 from training.diagnosis.model_io import MODEL_NAME, predict_logits
-from training.diagnosis.patients import Patients
+from training.diagnosis.patients import Patients, hide_share
 from training.diagnosis.recipe import TrainConfig
 
 logger = logging.getLogger(__name__)
 
 METRICS = ["top1", "top5"]  # plotted per epoch; the first marks an epoch's entry in the run history
+CALIBRATION_HIDDEN_SHARE = 0.5  # the second regime the temperature is judged on (as in evaluate.py's table)
 
 
 def load_split(data_dir: Path, split: str, kb: KnowledgeBase, limit: int = 0) -> Patients:
@@ -66,17 +68,24 @@ def dev_metrics(model: DiagnosisModel, dev: Patients, device: torch.device) -> d
 
 
 def calibrate(model: DiagnosisModel, dev: Patients, device: torch.device) -> dict[str, float]:
-    """Fit the temperature on dev (minimum NLL, from T = 1) and keep it in the model if it lowers the dev
-    ECE (when the network is already calibrated, the NLL optimum can cost a little ECE)."""
+    """Fit the temperature on dev (minimum NLL with every finding shown, from T = 1) and keep it in the model
+    if it lowers the dev ECE averaged over every finding shown and CALIBRATION_HIDDEN_SHARE of them hidden
+    (a dialog in progress sees partial evidence; there the network tends to be under-confident, while the
+    NLL optimum can cost a little ECE with full evidence)."""
     model.temperature.fill_(1.0)
-    logits = predict_logits(model, dev, device=device)
     targets = dev.disease.astype(np.int64)
+    logits = predict_logits(model, dev, device=device)
+    partial = predict_logits(model, hide_share(dev, CALIBRATION_HIDDEN_SHARE, seed=0), device=device)
     fitted = fit_temperature(logits, targets)
-    before = reliability(np.exp(log_softmax(logits)), targets).ece
-    after = reliability(np.exp(log_softmax(logits / fitted)), targets).ece
-    kept = fitted if after < before else 1.0
+
+    def ece(t: float) -> list[float]:
+        return [reliability(np.exp(log_softmax(x / t)), targets).ece for x in (logits, partial)]
+
+    before, after = ece(1.0), ece(fitted)
+    kept = fitted if np.mean(after) < np.mean(before) else 1.0
     model.temperature.fill_(kept)
-    return {"temperature": kept, "fitted_temperature": fitted, "dev_ece_before": before, "dev_ece_fitted": after,
+    return {"temperature": kept, "fitted_temperature": fitted, "dev_ece_before": before[0], "dev_ece_fitted": after[0],
+            "dev_ece_hidden_before": before[1], "dev_ece_hidden_fitted": after[1],
             "dev_nll_before": nll(logits, targets), "dev_nll_fitted": nll(logits / fitted, targets)}
 
 
@@ -185,9 +194,11 @@ def train(cfg: TrainConfig) -> Path:
             c = calibrate(model, dev_p, info.device)
             entry = {"calibration": True, "step": state.step, **c}
             state.history.append(entry)
-            logger.info("temperature %.3f fitted on dev: NLL %.3f -> %.3f, ECE %.2f%% -> %.2f%%; kept T = %.3f",
-                        c["fitted_temperature"], c["dev_nll_before"], c["dev_nll_fitted"],
-                        100 * c["dev_ece_before"], 100 * c["dev_ece_fitted"], c["temperature"])
+            logger.info("temperature %.3f fitted on dev: NLL %.3f -> %.3f, ECE %.2f%% -> %.2f%% (%d%% of findings "
+                        "hidden: %.2f%% -> %.2f%%); kept T = %.3f", c["fitted_temperature"], c["dev_nll_before"],
+                        c["dev_nll_fitted"], 100 * c["dev_ece_before"], 100 * c["dev_ece_fitted"],
+                        100 * CALIBRATION_HIDDEN_SHARE, 100 * c["dev_ece_hidden_before"],
+                        100 * c["dev_ece_hidden_fitted"], c["temperature"])
             write_report(run_dir, state.history, state.step, METRICS, title, extra={"calibration": entry})
         save()
     if writer is not None:
