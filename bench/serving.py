@@ -305,6 +305,9 @@ class BatchTotals:
 class Client:
     send: Callable[[int], Awaitable[str]]  # -> the transcript
     batch_totals: Callable[[], BatchTotals]
+    # CPU seconds the server process has used so far (nui only): its work, which other processes on a shared
+    # machine do not inflate the way they inflate wall time
+    server_cpu_s: Callable[[], float] | None = None
 
 
 # nui's Prometheus histograms -> BatchTotals fields (their _count is the runs / requests they cover).
@@ -359,7 +362,7 @@ async def client_for(target: str, server: Any, model: str, wavs: Sequence[bytes]
             answer = await stub.Recognize(requests[clip], timeout=timeout_s)
             return str(answer.results[0].alternatives[0].transcript)
 
-        yield Client(send_nui, functools.partial(nui_batch_totals, server.metrics_address, model))
+        yield Client(send_nui, functools.partial(nui_batch_totals, server.metrics_address, model), server.cpu_s)
 
 
 def triton_client(channel: grpc.aio.Channel, model: str, wavs: Sequence[bytes], timeout_s: float) -> Client:
@@ -391,6 +394,7 @@ class TargetRow:
     mean_batch_size: float  # requests per engine run over the whole run (warm-up and drain included)
     mean_run_ms: float  # nui: wall time of one batch run (engine + decoding), NaN for the peers
     mean_queue_ms: float  # nui: a request's wait in the batcher queue, NaN for the peers
+    server_cpu_ms: float  # nui: server CPU ms per answered request (all threads, warm-up and drain included)
     load_average_1m: float  # at the start of the run
 
 
@@ -400,6 +404,7 @@ async def measure(target: str, client: Client, clips: Sequence[Any], concurrency
     setup = setup_of(target, settings)
     load_1m = os.getloadavg()[0]
     before = await asyncio.to_thread(client.batch_totals)
+    cpu0 = client.server_cpu_s() if client.server_cpu_s is not None else float("nan")
     total_s = settings.warmup_s + settings.duration_s
     with tqdm(total=round(total_s, 1), desc=f"{setup.name}, C={concurrency}", unit="s", leave=False,
               disable=None, bar_format="{desc}: {bar} {n:.1f}/{total:.1f} s{postfix}") as bar:
@@ -407,15 +412,17 @@ async def measure(target: str, client: Client, clips: Sequence[Any], concurrency
             client.send, [c.duration_s for c in clips], concurrency, settings.warmup_s, settings.duration_s,
             functools.partial(speech_bench._show_progress, bar))
     after = await asyncio.to_thread(client.batch_totals)
+    cpu1 = client.server_cpu_s() if client.server_cpu_s is not None else float("nan")
     row = speech_bench.summarize(setup, concurrency, result)
+    cpu_ms = 1e3 * (cpu1 - cpu0) / row.total_requests if row.total_requests else float("nan")
     runs, items = after.runs - before.runs, after.items - before.items
     mean_batch = items / runs if runs > 0 else float("nan")
     run_ms = 1e3 * (after.compute_s - before.compute_s) / runs if runs > 0 else float("nan")
     queue_ms = 1e3 * (after.queue_s - before.queue_s) / items if items > 0 else float("nan")
-    logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, run %.0f ms, queue %.0f ms, %d errors",
-                row.config, concurrency, row.req_per_s, row.p50_ms, row.p99_ms, mean_batch, run_ms, queue_ms,
-                row.error_count)
-    return TargetRow(row, mean_batch, run_ms, queue_ms, load_1m)
+    logger.info("%s C=%d: %.1f req/s, p50 %.0f ms, p99 %.0f ms, batch %.1f, run %.0f ms, queue %.0f ms, "
+                "server CPU %.0f ms/request, %d errors", row.config, concurrency, row.req_per_s, row.p50_ms,
+                row.p99_ms, mean_batch, run_ms, queue_ms, cpu_ms, row.error_count)
+    return TargetRow(row, mean_batch, run_ms, queue_ms, cpu_ms, load_1m)
 
 
 async def load_all(servers: dict[str, Any], model: str, clips: Sequence[Any], settings: Settings,
@@ -491,16 +498,17 @@ def run_targets(repo: Path, model: str, clips: Sequence[Any], settings: Settings
 
 
 def format_table(rows: Sequence[TargetRow]) -> str:
-    """One line per (target, concurrency); errors: all non-OK (RESOURCE_EXHAUSTED in brackets); run ms and
-    queue ms (nui only): one batch run's wall time, one request's wait in the queue."""
+    """One line per (target, concurrency); errors: all non-OK (RESOURCE_EXHAUSTED in brackets); run ms,
+    queue ms and CPU ms (nui only): one batch run's wall time, one request's wait in the queue, the server's
+    CPU time per request."""
     width = max([10, *(len(r.row.config) for r in rows)])
     lines = [f"{'server':<{width}} {'C':>3} {'req/s':>7} {'audio s/s':>9} {'p50 ms':>7} {'p99 ms':>7} "
-             f"{'batch':>6} {'run ms':>6} {'queue ms':>8} {'errors':>7} {'load':>5}"]
+             f"{'batch':>6} {'run ms':>6} {'queue ms':>8} {'CPU ms':>6} {'errors':>7} {'load':>5}"]
     for t in rows:
         r = t.row
         lines.append(f"{r.config:<{width}} {r.concurrency:>3} {r.req_per_s:>7.1f} {r.audio_s_per_s:>9.1f} "
                      f"{r.p50_ms:>7.0f} {r.p99_ms:>7.0f} {t.mean_batch_size:>6.1f} {t.mean_run_ms:>6.0f} "
-                     f"{t.mean_queue_ms:>8.0f} "
+                     f"{t.mean_queue_ms:>8.0f} {t.server_cpu_ms:>6.0f} "
                      f"{f'{r.error_count} ({r.resource_exhausted})':>7} {t.load_average_1m:>5.1f}")
     return "\n".join(lines)
 
@@ -634,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
         "servers": servers,
         "rows": [{**asdict(t.row), "error_count": t.row.error_count, "mean_batch_size": t.mean_batch_size,
                   "mean_run_ms": _number(t.mean_run_ms), "mean_queue_ms": _number(t.mean_queue_ms),
+                  "server_cpu_ms_per_request": _number(t.server_cpu_ms),
                   "load_average_1m_at_start": t.load_average_1m} for t in rows],
     }
     png = args.out.with_suffix(".png")
