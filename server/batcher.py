@@ -22,7 +22,8 @@ response per request, one bad request never fails its batch-mates).
 - `size_of` (optional): the size an item is padded to in a batch (e.g. audio samples). Batches are then
   formed of similar sizes: the oldest waiting item always goes first (so nothing starves), joined by the
   waiting items nearest its size while the batch's padding waste, 1 - sum(sizes) / (n * max size), stays
-  within `max_padding_waste`; the rest wait for the next run. Mixed-length speech padded to the longest
+  within `max_padding_waste` (read at every batch, so it may be changed on a running batcher); the rest
+  wait for the next run. Mixed-length speech padded to the longest
   clip otherwise wastes 33-42 % of the engine's work, and on a CPU a batch saves next to nothing per item
   (bench/results/batching_profile.md), so one padded batch is slower than a few well-matched ones.
 
