@@ -134,11 +134,12 @@ class PhraseTable:
         from safetensors.numpy import save_file
 
         folder.mkdir(parents=True, exist_ok=True)
-        meta = {"symptoms": [{"id": i, "name": n} for i, n in zip(self.symptom_ids, self.symptom_names, strict=True)],
-                "phrases": [{"text": t, "symptom": int(s), "source": src}
-                            for t, s, src in zip(self.phrases, self.symptom.tolist(), self.source, strict=True)]}
+        # one list per column, no spaces: keys repeated per phrase were half of the file (the bundle has a
+        # size budget)
+        meta = {"symptoms": {"id": self.symptom_ids, "name": self.symptom_names},
+                "phrases": {"text": self.phrases, "symptom": self.symptom.tolist(), "source": self.source}}
         paths = [folder / PHRASES_FILE, folder / EMBEDDINGS_FILE]
-        paths[0].write_text(json.dumps(meta, ensure_ascii=False) + "\n", encoding="utf-8")
+        paths[0].write_text(json.dumps(meta, ensure_ascii=False, separators=(",", ":")) + "\n", encoding="utf-8")
         # int8 with one scale per row: half the size of FP16 (the bundle has a size budget), cosine to the
         # FP32 table > 0.9999
         scale = np.maximum(np.abs(self.embeddings).max(axis=1, keepdims=True), 1e-12) / 127.0  # (P, 1)
@@ -155,11 +156,10 @@ class PhraseTable:
             stored = load_file(str(folder / EMBEDDINGS_FILE))
             emb = stored["embeddings_int8"].astype(np.float32) * stored["scales"]
             emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)  # unit rows again
-            return cls(symptom_ids=[s["id"] for s in meta["symptoms"]],
-                       symptom_names=[s["name"] for s in meta["symptoms"]],
-                       phrases=[p["text"] for p in meta["phrases"]],
-                       symptom=np.array([p["symptom"] for p in meta["phrases"]], dtype=np.int64),
-                       source=[p["source"] for p in meta["phrases"]], embeddings=emb)
+            symptoms, phrases = meta["symptoms"], meta["phrases"]
+            return cls(symptom_ids=list(symptoms["id"]), symptom_names=list(symptoms["name"]),
+                       phrases=list(phrases["text"]), symptom=np.asarray(phrases["symptom"], dtype=np.int64),
+                       source=list(phrases["source"]), embeddings=emb)
         except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{folder} does not hold a valid symptom phrase table: {e}") from e
 

@@ -74,6 +74,7 @@ def test_phrase_table_round_trip(tmp_path: Path) -> None:
     table.save(tmp_path)
     loaded = PhraseTable.load(tmp_path)
     assert loaded.phrases == table.phrases and loaded.symptom_ids == table.symptom_ids
+    assert loaded.symptom_names == table.symptom_names and loaded.source == table.source
     np.testing.assert_array_equal(loaded.symptom, table.symptom)
     np.testing.assert_allclose(loaded.embeddings, table.embeddings, atol=1e-2)  # stored as int8 + row scale
     assert ((loaded.embeddings * table.embeddings).sum(axis=1) > 0.998).all()

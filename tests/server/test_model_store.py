@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engines.manifest import staged_version
+from engines.manifest import model_versions, staged_version
 from proto import caption_pb2, caption_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.app import ServerConfig, start_server
 from server.batcher import BatcherClosedError
@@ -257,24 +257,25 @@ async def test_a_new_symptom_text_version_reloads_its_diagnosis_models(tmp_path:
     from server.repository import default_repo
 
     bundled = default_repo()
-    if not ((bundled / "diagnosis" / "1").is_dir() and (bundled / "symptom_text" / "1").is_dir()):
+    if not (model_versions(bundled, "diagnosis") and model_versions(bundled, "symptom_text")):
         pytest.skip("the bundled diagnosis and symptom_text models are not in this checkout")
+    diagnosis_v, text_v = model_versions(bundled, "diagnosis")[-1], model_versions(bundled, "symptom_text")[-1]
     repo = tmp_path / "repo"
     for name in ("diagnosis", "symptom_text"):
         shutil.copytree(bundled / name, repo / name, copy_function=os.link)
     server = await start_server(config(repo, poll_repository_s=0.2))
 
     def text_version() -> int:
-        text = server.diagnosis["diagnosis"][1].model.text
+        text = server.diagnosis["diagnosis"][diagnosis_v].model.text
         return text.version if text is not None else 0
 
     try:
-        old = server.diagnosis["diagnosis"][1]
-        assert text_version() == 1
-        with staged_version(repo, "symptom_text", 2) as (tmp, _):
-            for f in (repo / "symptom_text" / "1").iterdir():
+        old = server.diagnosis["diagnosis"][diagnosis_v]
+        assert text_version() == text_v
+        with staged_version(repo, "symptom_text", text_v + 1) as (tmp, _):
+            for f in (repo / "symptom_text" / str(text_v)).iterdir():
                 os.link(f, tmp / f.name)
-        await wait_until(lambda: text_version() == 2, timeout_s=60)
+        await wait_until(lambda: text_version() == text_v + 1, timeout_s=60)
         async with grpc.aio.insecure_channel(server.address) as channel, \
                 InferenceServerClient(server.address) as client:
             reply = await diagnosis_pb2_grpc.DiagnosisStub(channel).Diagnose(
@@ -282,13 +283,13 @@ async def test_a_new_symptom_text_version_reloads_its_diagnosis_models(tmp_path:
             assert reply.understood and reply.diseases
             models = (await client.get_model_repository_index()).models
         index = {(m.name, m.version): (m.state, m.reason) for m in models}
-        assert index[("diagnosis", "1")] == ("READY", "")
-        state, reason = index[("symptom_text", "2")]
+        assert index[("diagnosis", str(diagnosis_v))] == ("READY", "")
+        state, reason = index[("symptom_text", str(text_v + 1))]
         assert state == "UNAVAILABLE" and "diagnosis models" in reason
         await asyncio.sleep(0.5)  # past retire_after_s: the replaced diagnosis version drains
         with pytest.raises(BatcherClosedError):
             await old.batcher.submit(warmup_request(old.model.engine.manifest))  # type: ignore[arg-type]
-        shutil.rmtree(repo / "symptom_text" / "2")
-        await wait_until(lambda: text_version() == 1, timeout_s=60)
+        shutil.rmtree(repo / "symptom_text" / str(text_v + 1))
+        await wait_until(lambda: text_version() == text_v, timeout_s=60)
     finally:
         await server.stop(0)
