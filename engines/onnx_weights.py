@@ -17,10 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 
-MIN_FP16_ELEMENTS = 1024  # smaller tensors (norm scales, biases) stay FP32
-
-
-def weights_to_fp16(path: Path, min_elements: int = MIN_FP16_ELEMENTS, keep_fp32_prefix: str | None = None) -> int:
+def weights_to_fp16(path: Path, min_elements: int = 1024, keep_fp32_prefix: str | None = None) -> int:
     """Rewrite `path` with FP16-stored weights; returns how many initializers were converted.
     Initializers whose name starts with `keep_fp32_prefix` stay FP32 (rounding-sensitive by design)."""
     m = onnx.load(str(path))

@@ -92,11 +92,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.engine == "torch":
             if streaming:
                 raise ValueError("--engine torch serves offline models; add --no-streaming")
+            if args.precision == "fp16-weights":
+                raise ValueError("--engine torch stores FP32 weights: use --precision fp16 (FP16 autocast) or fp32")
             with fp32_staging() as stage:
-                half = args.precision != "fp32"  # FP16 storage, as the torch version stores it
-                onnx_dir, _ = export_speech_ctc(model, stage, "speech_ctc", **{
-                    **common, "weights_dtype": "float16" if half else "float32",
-                    "atol": max(args.atol, FP16_WEIGHTS_ATOL) if half else args.atol})
+                onnx_dir, _ = export_speech_ctc(model, stage, "speech_ctc", **common)
                 path, manifest = publish_torch(
                     onnx_dir, model, args.repo, args.model_name or "speech_ctc", args.version, precision=args.precision,
                     feeds={None: speech_feeds(clips or noise_clips(sample_rate_hz=model.cfg.sample_rate_hz))})

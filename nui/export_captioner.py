@@ -132,16 +132,14 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--domain-data is not supported with --precision fp16 ONNX engines yet")
             domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components)
         if args.engine == "torch":
-            storage = "float32" if args.precision == "fp32" and args.weights_dtype == "float32" else "float16"
             with fp32_staging() as stage:
                 onnx_dir, _ = export_captioner(
-                    model, tokenizer.to_str(), stage, args.model_name, dev_images=images, weights_dtype=storage,
+                    model, tokenizer.to_str(), stage, args.model_name, dev_images=images, weights_dtype="float32",
                     atol=args.atol, source_checkpoint_sha256=sha256_file(weights), domain=domain)
                 gate_images = (images if images is not None else synthetic_images(8, model.cfg.image_size_px))[:16]
                 path, manifest = publish_torch(
                     onnx_dir, model, args.repo, args.model_name, args.version,
-                    precision=args.precision if args.precision == "fp16" else
-                    "fp16-weights" if storage == "float16" else "fp32",
+                    precision=args.precision,
                     feeds=captioner_feeds(onnx_dir, gate_images, np.full(len(gate_images), BOS)),
                     extra_tensors=domain_tensors(domain) if domain is not None else None)
         elif args.precision == "fp16":

@@ -84,15 +84,12 @@ def export_main(argv: list[str] | None = None) -> int:
         common = dict(dev_inputs=dev_inputs, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
                       extras={"kb_fingerprint": kb.fingerprint()})
         if args.engine == "torch":
-            storage = "float32" if args.precision == "fp32" and args.weights_dtype == "float32" else "float16"
             with fp32_staging() as stage:
                 onnx_dir, _ = export_diagnosis(model, tables_from_kb(kb), stage, args.model_name,
-                                               weights_dtype=storage, **common)
-                precision = args.precision if args.precision == "fp16" else \
-                    "fp16-weights" if storage == "float16" else "fp32"
+                                               weights_dtype="float32", **common)
                 evidence, age, sex = (x[:256] for x in dev_inputs)
                 path, manifest = publish_torch(onnx_dir, model, args.repo, args.model_name, args.version,
-                                               precision=precision,
+                                               precision=args.precision,
                                                feeds={None: [{"evidence": evidence, "age_years": age, "sex": sex}]})
         elif args.precision == "fp16":
             with fp32_staging() as fp32_repo:
