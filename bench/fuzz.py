@@ -1003,6 +1003,17 @@ def traceback_ends(log: str) -> list[str]:
     return ends
 
 
+def first_traceback(log: str, context_lines: int = 3) -> str:
+    """The first traceback of the server log with the lines logged just before it ("" when none)."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("Traceback (most recent call last)"):
+            end = next((j for j in range(i + 1, len(lines)) if lines[j] and not lines[j].startswith(
+                (" ", "\t", "Traceback", "During handling", "The above exception"))), len(lines) - 1)
+            return "\n".join(lines[max(0, i - context_lines): end + 1])[-6000:]
+    return ""
+
+
 def findings(run: Run, end_metrics: dict[str, Any], server_log: str, exit_status: int) -> list[str]:
     out = [f"{r.phase} {r.rpc} [{r.kind}]: {r.code} {r.detail}" for r in run.records if r.code in BAD_CODES]
     out += [f"fuzz {r.rpc} [{r.kind}]: no answer before its {r.deadline_s:g} s deadline"
@@ -1209,6 +1220,7 @@ def main(argv: list[str] | None = None) -> int:
         "overload": overload, "rss": rss, "end_metrics": end_metrics,
         "client_vs_server_codes": {c: {"client": n, "server": m} for c, (n, m) in differences.items()},
         "valid_after_abuse": {"requests": len(valid), "mismatches": run.mismatches}, "findings": found,
+        "server_log_first_traceback": first_traceback(server_log),
     }
     png = args.out.with_suffix(".png")
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """Regression tests for what bench/fuzz.py found: undecodable messages, KServe shapes numpy cannot hold,
 a broken ModelStreamInfer request stream, repository model names that leave the repository, status
-messages too long for the client's metadata limit."""
+messages too long for the client's metadata limit, a status that misses its call (deadline) under load."""
 
 from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 
 from proto import kserve_pb2, riva_asr_pb2, speech_pb2, speech_pb2_grpc
 from server.errors import MAX_MESSAGE_CHARS, RequestError, invalid_argument, status_of
+from server.interceptors import ServingInterceptor
 from server.kserve import decode_inputs
 from server.metrics import ServerMetrics
 from server.model_store import BatchSettings, ModelStore
@@ -126,3 +128,43 @@ def test_status_messages_are_capped() -> None:
     code, message = status_of(invalid_argument("value " + "y" * 5000), "-")
     assert code == grpc.StatusCode.INVALID_ARGUMENT and len(message) == MAX_MESSAGE_CHARS
     assert message.startswith("value yyy") and message.endswith("...")
+
+
+class ExecuteBatchError(Exception):
+    """Named as grpc's internal error that abort() raises when the call already ended."""
+
+
+class _Call:
+    def __init__(self, remaining_s: float) -> None:
+        self.remaining_s = remaining_s
+
+    def time_remaining(self) -> float:
+        return self.remaining_s
+
+    def cancelled(self) -> bool:
+        return False
+
+    def code(self) -> None:
+        return None
+
+
+@pytest.mark.parametrize("remaining_s", [0.0, 5.0])
+async def test_a_status_that_missed_its_call_is_a_cancellation_not_a_server_error(remaining_s: float) -> None:
+    """grpc's asyncio server raises ExecuteBatchError from abort() when the deadline ended the call first
+    (a race seen under overload with 0.5 s deadlines); it must not be logged as an error."""
+    metrics = ServerMetrics()
+
+    async def behavior(request: bytes, context: object) -> bytes:
+        raise ExecuteBatchError('Failed "execute_batch"')
+
+    async def continuation(details: object) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(behavior)
+
+    details = SimpleNamespace(method="/nui.v1.Speech/Recognize", invocation_metadata=())
+    wrapped = await ServingInterceptor(metrics).intercept_service(continuation, details)
+    expected = asyncio.CancelledError if remaining_s <= 0 else ExecuteBatchError
+    with pytest.raises(expected):
+        await wrapped.unary_unary(b"", _Call(remaining_s))
+    code = "CANCELLED" if remaining_s <= 0 else "UNKNOWN"
+    assert metrics.registry.get_sample_value(
+        "nui_requests_total", {"service": "nui.v1.Speech", "method": "Recognize", "code": code}) == 1
