@@ -20,12 +20,15 @@ response per request, one bad request never fails its batch-mates).
 - `observer` (optional) gets a `BatchRecord` after every engine run (metrics), so the batcher itself
   knows nothing of how it is reported.
 - `size_of` (optional): the size an item is padded to in a batch (e.g. audio samples). Batches are then
-  formed of similar sizes: the oldest waiting item always goes first (so nothing starves), joined by the
-  waiting items nearest its size while the batch's padding waste, 1 - sum(sizes) / (n * max size), stays
-  within `max_padding_waste` (read at every batch, so it may be changed on a running batcher); the rest
-  wait for the next run. Mixed-length speech padded to the longest
-  clip otherwise wastes 33-42 % of the engine's work, and on a CPU a batch saves next to nothing per item
-  (bench/results/batching_profile.md), so one padded batch is slower than a few well-matched ones.
+  formed of similar sizes: the oldest waiting item always goes first, joined by the items nearest its
+  size among the `max_batch_size` oldest (those first-in-first-out would run next) while the batch's
+  padding waste, 1 - sum(sizes) / (n * max size), stays within `max_padding_waste` (read at every batch,
+  so it may be changed on a running batcher); the rest wait for the next run. Picking batch-mates from
+  the whole queue pads a little less but lets younger items overtake an odd-sized one again and again:
+  in a simulation at 32 and 64 clients that raised the p99 latency by 35-47 % (bench/batcher_policies.py).
+  Mixed-length speech padded to the longest clip otherwise wastes 33-42 % of the engine's work, and on a
+  CPU a batch saves next to nothing per item (bench/results/batching_profile.md), so one padded batch is
+  slower than a few matched ones.
 
     batcher = DynamicBatcher(run_batch, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=256)
     batcher = DynamicBatcher(run_batch, 16, 5, 256, size_of=lambda utt: len(utt.samples), max_padding_waste=0.2)
@@ -263,12 +266,12 @@ class DynamicBatcher(Generic[T, R]):
         return batch
 
     def _similar(self, live: list[_Pending[T, R]]) -> list[_Pending[T, R]]:
-        """The oldest item and the live items nearest its size, in queue order: grown one neighbour (in
-        size order) at a time, always the one that keeps the padding waste lower, while it stays within
-        `max_padding_waste` and the batch within `max_batch_size`."""
+        """The oldest item and the items nearest its size among the `max_batch_size` oldest, in queue
+        order: grown one neighbour (in size order) at a time, always the one that keeps the padding waste
+        lower, while it stays within `max_padding_waste`."""
         if not live:
             return []
-        by_size = sorted(live, key=lambda p: p.size)  # stable: equal sizes stay oldest first
+        by_size = sorted(live[: self.max_batch_size], key=lambda p: p.size)  # stable: equal sizes oldest first
         lo = next(k for k, p in enumerate(by_size) if p is live[0])
         hi = lo + 1  # the batch is by_size[lo:hi]
         total = largest = by_size[lo].size

@@ -172,7 +172,7 @@ class SpeechCTCModel:
 
     # Padding share one batch may carry (DynamicBatcher max_padding_waste). On a CPU a batch saves little
     # per clip (bench/results/batching_profile.md), so batches of near-equal lengths cost least.
-    max_padding_waste = 0.2
+    max_padding_waste = 0.1
 
     # With ONNX Runtime's threads left to the server (no --intra-op-threads) on the CPU: one thread per
     # engine run and one batch running per core (DynamicBatcher max_concurrent_runs), at most 4. On two

@@ -39,10 +39,10 @@ async def test_similar_sizes_share_batches_oldest_first() -> None:
     running, queued = await _queue_behind_held_batch(b, rec, items)
     rec.release.set()
     assert await running == 2 and await asyncio.gather(*queued) == [2 * i for i in items]
-    # 10 is the oldest: it goes first with the sizes near it; then 100 (the oldest left) with its own;
-    # 50 would pad [100, 98, 99] by 13 % (> 10 %)
-    assert rec.batches == [[1], [10, 11, 12], [100, 98, 99], [50]]
-    assert b.stats.runs == 4 and b.stats.batch_sizes == {1: 2, 3: 2}
+    # 10 is the oldest: it goes first with the sizes near it among the 4 oldest [10, 100, 11, 98]; then
+    # 100 (the oldest left) with its own among [100, 98, 12, 99]; 12 and 50 differ by more than 10 %
+    assert rec.batches == [[1], [10, 11], [100, 98, 99], [12], [50]]
+    assert b.stats.runs == 5 and b.stats.batch_sizes == {1: 3, 2: 1, 3: 1}
     await b.close()
 
 
@@ -62,13 +62,26 @@ async def test_cap_bounds_padding_waste() -> None:
     await b.close()
 
 
-async def test_without_cap_a_full_batch_takes_the_nearest_sizes() -> None:
+async def test_batch_mates_come_from_the_oldest_max_batch_size_items() -> None:
+    rec = Recorder(hold=True)
+    b = DynamicBatcher(rec, max_batch_size=3, max_queue_delay_ms=0, max_queue_size=32, size_of=_own_size,
+                       max_padding_waste=0.1)
+    running, queued = await _queue_behind_held_batch(b, rec, [5, 100, 50, 5, 5, 5])
+    rec.release.set()
+    await asyncio.gather(running, *queued)
+    # the younger 5s do not overtake 100 and 50 (from the whole queue they would have joined the first 5)
+    assert rec.batches == [[1], [5], [100], [50], [5, 5, 5]]
+    await b.close()
+
+
+async def test_without_cap_batches_are_first_in_first_out() -> None:
     rec = Recorder(hold=True)
     b = DynamicBatcher(rec, max_batch_size=2, max_queue_delay_ms=0, max_queue_size=32, size_of=_own_size)
     running, queued = await _queue_behind_held_batch(b, rec, [5, 100, 6, 101, 7])
     rec.release.set()
     await asyncio.gather(running, *queued)
-    assert rec.batches == [[1], [5, 6], [100, 101], [7]]
+    assert rec.batches == [[1], [5, 100], [6, 101], [7]]
+    assert b.stats.padding_waste > 0.4
     await b.close()
 
 
