@@ -20,11 +20,12 @@ What each side computes per request (the same work, with nui's own code): decode
 its longest clip, one ONNX Runtime run (`OnnxRuntimeEngine`, CPU), greedy CTC decoding of each valid
 slice with its confidence (`SpeechCTCModel.run_batch`). nui answers a `RecognizeResponse`, TorchServe a
 JSON string, Triton BYTES/INT32 tensors. Every server gets the same ONNX Runtime session options
-(1 inter-op thread, sequential execution, no spinning). TorchServe and Triton run one batch at a time
-on `--intra-op-threads` (default: all cores, at most 4) intra-op threads. nui (both targets) is left to
-pick its own (unless `--nui-intra-op-threads N`: one batch at a time on N threads): its speech batcher
-then runs one batch per core, each on one thread, and forms batches of similar clip lengths
-(bench/results/batching_profile.md). Before the load each target transcribes every
+(1 inter-op thread, sequential execution, no spinning). nui (both targets) is left to pick its threads
+(unless `--nui-intra-op-threads N`: one batch at a time on N threads): its speech batcher then runs one
+batch per core, each on one thread, and forms batches of similar clip lengths
+(bench/results/batching_profile.md). TorchServe and Triton get the same threading: one worker / model
+instance per core, each on one intra-op thread (with `--nui-intra-op-threads N`: one of N threads;
+`--peer-instances` and `--intra-op-threads` override). Before the load each target transcribes every
 clip once; `transcripts_match` in the JSON says whether all targets agreed.
 
 Load: every target is started first and stays up (idle ones cost next to nothing); then for each C the
@@ -117,6 +118,7 @@ class Settings:
     max_batch_size: int  # nui and TorchServe batching (nui-nobatch: 1)
     max_queue_delay_ms: int  # nui --max-queue-delay-ms and TorchServe maxBatchDelay
     intra_op_threads: int  # TorchServe's and Triton's; nui's with nui_intra_op_threads set
+    peer_instances: int  # TorchServe workers / Triton model instances, each running its own batch
     nui_intra_op_threads: int | None  # None: nui's own choice (speech: 1 thread per run, a run per core)
     clips: int
     seed: int
@@ -170,14 +172,14 @@ class TorchServeProcess:
     `stop` can signal exactly that process group; its pid file, logs and temp files stay in workdir."""
 
     def __init__(self, version_dir: Path, model: str, setup: Any, intra_op_threads: int, workdir: Path,
-                 start_timeout_s: float = 180.0) -> None:
+                 start_timeout_s: float = 180.0, workers: int = 1) -> None:
         self.model = model
         workdir.mkdir(parents=True)
         self._env = {**os.environ, "TMPDIR": str(workdir / "tmp"), "LOG_LOCATION": str(workdir / "logs"),
                      "METRICS_LOCATION": str(workdir / "logs"),
                      "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         (workdir / "tmp").mkdir()
-        store = self._archive(version_dir, setup, intra_op_threads, workdir)
+        store = self._archive(version_dir, setup, intra_op_threads, workdir, workers)
         self.grpc_port, inference_port, self._management_port, metrics_port = (_free_port() for _ in range(4))
         config = workdir / "config.properties"
         config.write_text("\n".join([
@@ -188,7 +190,7 @@ class TorchServeProcess:
             "grpc_management_address=127.0.0.1", f"grpc_management_port={_free_port()}",
             "disable_system_metrics=true",  # nui runs no metrics collector by default either
             "job_queue_size=256",  # nui's --max-queue-size default
-            "default_workers_per_model=1",
+            f"default_workers_per_model={workers}",
             "install_py_dep_per_model=false",
         ]) + "\n")
         torchserve = Path(sys.executable).with_name("torchserve")
@@ -205,7 +207,7 @@ class TorchServeProcess:
             raise
         self.address = f"127.0.0.1:{self.grpc_port}"
 
-    def _archive(self, version_dir: Path, setup: Any, intra_op_threads: int, workdir: Path) -> Path:
+    def _archive(self, version_dir: Path, setup: Any, intra_op_threads: int, workdir: Path, workers: int) -> Path:
         """`torch-model-archiver` output folder (no-archive format) in `<workdir>/store`."""
         stage = workdir / "stage"
         (stage / "1").mkdir(parents=True)
@@ -213,7 +215,7 @@ class TorchServeProcess:
             (stage / "1" / f.name).symlink_to(f.resolve())
         model_config = workdir / "model-config.yaml"
         model_config.write_text(
-            "minWorkers: 1\nmaxWorkers: 1\n"
+            f"minWorkers: {workers}\nmaxWorkers: {workers}\n"
             f"batchSize: {setup.max_batch_size}\nmaxBatchDelay: {int(setup.max_queue_delay_ms)}\n"
             "responseTimeout: 120\n"
             f"handler:\n  intra_op_threads: {intra_op_threads}\n")
@@ -454,7 +456,8 @@ def started(target: str, repo: Path, model: str, settings: Settings, workdir: Pa
     setup = setup_of(target, settings)
     version_dir = latest_version_dir(repo, model)
     if target == "torchserve":
-        server: Any = TorchServeProcess(version_dir, model, setup, settings.intra_op_threads, workdir / target)
+        server: Any = TorchServeProcess(version_dir, model, setup, settings.intra_op_threads, workdir / target,
+                                        workers=settings.peer_instances)
     elif target == "triton":
         # The Python backend stub loads the libpython LD_LIBRARY_PATH names first: this Python's.
         libdir = str(sysconfig.get_config_var("LIBDIR"))
@@ -463,7 +466,8 @@ def started(target: str, repo: Path, model: str, settings: Settings, workdir: Pa
         command = [sys.executable, str(TRITON_SERVER), "--version-dir", str(version_dir), "--model", model,
                    "--grpc-port", str(_free_port()), "--max-batch-size", str(setup.max_batch_size),
                    "--max-queue-delay-ms", f"{setup.max_queue_delay_ms:g}",
-                   "--intra-op-threads", str(settings.intra_op_threads)]
+                   "--intra-op-threads", str(settings.intra_op_threads),
+                   "--instances", str(settings.peer_instances)]
         server = speech_bench.ServerProcess(repo, setup, settings.intra_op_threads, workdir / f"{target}.log",
                                             command=command, env=env)
     else:
@@ -565,7 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=int, default=10,
                    help="nui --max-queue-delay-ms and TorchServe maxBatchDelay (default %(default)s)")
     p.add_argument("--intra-op-threads", type=int, default=None,
-                   help="ONNX Runtime intra-op threads of TorchServe and Triton (default: all cores, at most 4)")
+                   help="ONNX Runtime intra-op threads of TorchServe and Triton (default: as nui's speech runs)")
+    p.add_argument("--peer-instances", type=int, default=None,
+                   help="TorchServe workers / Triton model instances (default: as many as nui runs batches at once)")
     p.add_argument("--nui-intra-op-threads", type=int, default=None,
                    help="nui serve --intra-op-threads (one run of N threads at a time); default: not given, nui's "
                         "speech batcher then runs one batch per core on one thread each")
@@ -578,16 +584,24 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     warmup_s = args.warmup_s if args.warmup_s is not None else (1.0 if args.quick else 3.0)
     duration_s = args.duration_s if args.duration_s is not None else (3.0 if args.quick else 15.0)
     concurrency = args.concurrency or ((1, 8) if args.quick else (1, 8, 32, 64))
-    threads = args.intra_op_threads if args.intra_op_threads is not None else speech_bench.default_intra_op_threads()
+    # The peers get the threading nui's speech batcher uses: with nui left to choose, one ONNX Runtime
+    # thread per run and one run per core (TorchServe workers / Triton instances); with
+    # --nui-intra-op-threads N, one run of N threads. --intra-op-threads / --peer-instances override.
+    auto = args.nui_intra_op_threads is None
+    threads = args.intra_op_threads if args.intra_op_threads is not None else \
+        SpeechCTCModel.auto_intra_op_threads if auto else args.nui_intra_op_threads
+    instances = args.peer_instances if args.peer_instances is not None else \
+        SpeechCTCModel.auto_runs_at_once() if auto else 1
     if warmup_s < 0 or duration_s <= 0 or args.request_timeout_s <= 0:
         raise ValueError("--warmup-s must be >= 0, --duration-s and --request-timeout-s > 0")
     if args.nui_intra_op_threads is not None and args.nui_intra_op_threads < 1:
         raise ValueError("--nui-intra-op-threads must be >= 1")
-    if args.max_batch_size < 1 or args.max_queue_delay_ms < 0 or threads < 1:
-        raise ValueError("--max-batch-size and --intra-op-threads must be >= 1, --max-queue-delay-ms >= 0")
+    if args.max_batch_size < 1 or args.max_queue_delay_ms < 0 or threads < 1 or instances < 1:
+        raise ValueError("--max-batch-size, --intra-op-threads and --peer-instances must be >= 1, "
+                         "--max-queue-delay-ms >= 0")
     return Settings(targets=args.targets, concurrency=concurrency, warmup_s=warmup_s, duration_s=duration_s,
                     request_timeout_s=args.request_timeout_s, max_batch_size=args.max_batch_size,
-                    max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=threads,
+                    max_queue_delay_ms=args.max_queue_delay_ms, intra_op_threads=threads, peer_instances=instances,
                     nui_intra_op_threads=args.nui_intra_op_threads, clips=args.clips,
                     seed=args.seed)
 
@@ -634,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "nui_batching": {"size_of": "samples", "max_padding_waste": SpeechCTCModel.max_padding_waste,
                          "intra_op_threads": settings.nui_intra_op_threads or SpeechCTCModel.auto_intra_op_threads,
                          "concurrent_runs": 1 if settings.nui_intra_op_threads else SpeechCTCModel.auto_runs_at_once()},
+        "peer_instances": settings.peer_instances,  # TorchServe workers / Triton model instances
         "onnxruntime_settings": {"intra_op_num_threads": settings.intra_op_threads,  # the peers'; nui: above
                                  "inter_op_num_threads": 1,
                                  "execution_mode": "sequential", "allow_spinning": 0, "provider": "CPU"},

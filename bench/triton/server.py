@@ -81,6 +81,7 @@ def main() -> int:
     p.add_argument("--max-batch-size", type=int, default=16)
     p.add_argument("--max-queue-delay-ms", type=float, default=10.0)
     p.add_argument("--intra-op-threads", type=int, required=True)
+    p.add_argument("--instances", type=int, default=1, help="model instances, each with its own session and batch")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     # Triton and PyTriton print to stdout; only the announcement may go there.
@@ -91,14 +92,16 @@ def main() -> int:
     from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
     from pytriton.triton import Triton, TritonConfig
 
-    model = SpeechCTCModel(OnnxRuntimeEngine(args.version_dir, intra_op_threads=args.intra_op_threads))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     config = TritonConfig(grpc_address="127.0.0.1", grpc_port=args.grpc_port, allow_http=False,
                           allow_metrics=False, log_verbose=0, exit_timeout_secs=5)
     with Triton(config=config) as triton:
-        triton.bind(model_name=args.model, infer_func=make_infer(model),
+        # a list of callables = that many model instances (PyTriton), each running its own batches
+        infer = [make_infer(SpeechCTCModel(OnnxRuntimeEngine(args.version_dir, intra_op_threads=args.intra_op_threads)))
+                 for _ in range(args.instances)]
+        triton.bind(model_name=args.model, infer_func=infer,
                     inputs=[Tensor(name="audio", dtype=bytes, shape=(1,))],
                     outputs=[Tensor(name="transcript", dtype=bytes, shape=(1,)),
                              Tensor(name="error", dtype=bytes, shape=(1,)),
