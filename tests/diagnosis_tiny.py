@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
+from models.diagnosis import DiagnosisModel, build, get_preset
 from models.diagnosis_dialog import DiagnosisTables, DiseaseInfo, SymptomInfo
 
 N_SYMPTOMS, N_DISEASES = 32, 8
@@ -26,3 +28,14 @@ def tiny_tables(seed: int = 0) -> DiagnosisTables:
                               else (), synonyms=(f"syn {s}",), sex="female" if s == N_SYMPTOMS - 1 else "")
                   for s in range(N_SYMPTOMS)],
         probabilities=probabilities)
+
+
+def tiny_model(seed: int) -> DiagnosisModel:
+    """The tiny preset with random weights, its wide path too (it starts at zero; given weights so that
+    exports carry and check it)."""
+    torch.manual_seed(seed)
+    model = build(get_preset("tiny"))
+    with torch.no_grad():
+        assert model.wide is not None
+        model.wide.weight.normal_(0, 0.5)
+    return model.eval()

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.test_diagnosis import COMMON, TINY_OPTIONS, write_hpo_fixture
+from tests.diagnosis_kb_tiny import COMMON, TINY_OPTIONS, write_hpo_fixture
 from training.diagnosis.knowledge import KnowledgeBase, build
 from training.diagnosis.model_io import load_model
 from training.diagnosis.patients import PatientOptions, Patients, generate

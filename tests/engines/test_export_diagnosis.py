@@ -15,23 +15,14 @@ from engines.engine import load_engine
 from engines.export_diagnosis import ParityError, random_evidence
 from engines.export_diagnosis import export_diagnosis as export
 from engines.manifest import model_versions, read_manifest
-from models.diagnosis import DiagnosisModel, build, get_preset
+from models.diagnosis import DiagnosisModel
 from models.diagnosis_dialog import DiagnosisTables
-from tests.diagnosis_tiny import tiny_tables
-
-
-def _tiny(seed: int) -> DiagnosisModel:
-    torch.manual_seed(seed)
-    model = build(get_preset("tiny"))
-    with torch.no_grad():  # the wide path starts at zero; give it weights so it is exported and checked
-        assert model.wide is not None
-        model.wide.weight.normal_(0, 0.5)
-    return model.eval()
+from tests.diagnosis_tiny import tiny_model, tiny_tables
 
 
 @pytest.mark.parametrize("weights_dtype", ["float32", "float16"])
 def test_publishes_engine_and_tables_with_parity(tmp_path: Path, weights_dtype: str) -> None:
-    model, tables = _tiny(0), tiny_tables()
+    model, tables = tiny_model(0), tiny_tables()
     path, manifest = export(model, tables, tmp_path / "repo", weights_dtype=weights_dtype)
     assert path == tmp_path / "repo" / "diagnosis" / "1"
     assert manifest.task == "diagnosis" and manifest.parity["passed"] and manifest.parity["rows"] == 256
@@ -62,11 +53,11 @@ def test_gate_refuses_an_engine_that_disagrees_with_torch(tmp_path: Path, monkey
 
     def export_a_different_model(model: DiagnosisModel, path: Path, weights_dtype: str = "float16",
                                  opset: int = export_diagnosis.OPSET) -> None:
-        real_export(_tiny(1), path, weights_dtype, opset)
+        real_export(tiny_model(1), path, weights_dtype, opset)
 
     monkeypatch.setattr(export_diagnosis, "export_onnx", export_a_different_model)
     with pytest.raises(ParityError, match="parity gate failed"):
-        export(_tiny(0), tiny_tables(), tmp_path / "repo")
+        export(tiny_model(0), tiny_tables(), tmp_path / "repo")
     assert model_versions(tmp_path / "repo", "diagnosis") == []
     assert list((tmp_path / "repo" / "diagnosis").iterdir()) == []  # the temporary folder is gone too
 
@@ -75,11 +66,11 @@ def test_refuses_tables_of_another_size_and_existing_versions(tmp_path: Path) ->
     tables = tiny_tables()
     smaller = DiagnosisTables(tables.diseases[:7], tables.symptoms, tables.probabilities[:7])
     with pytest.raises(ValueError, match="tables hold 32 symptoms x 7 diseases"):
-        export(_tiny(0), smaller, tmp_path / "repo")
-    export(_tiny(0), tables, tmp_path / "repo", version=3, weights_dtype="float32")
+        export(tiny_model(0), smaller, tmp_path / "repo")
+    export(tiny_model(0), tables, tmp_path / "repo", version=3, weights_dtype="float32")
     with pytest.raises(FileExistsError):
-        export(_tiny(0), tables, tmp_path / "repo", version=3)
+        export(tiny_model(0), tables, tmp_path / "repo", version=3)
     with pytest.raises(ValueError, match="weights_dtype"):
-        export(_tiny(0), tables, tmp_path / "repo", weights_dtype="int8")
+        export(tiny_model(0), tables, tmp_path / "repo", weights_dtype="int8")
     manifest = json.loads((tmp_path / "repo" / "diagnosis" / "3" / "manifest.json").read_text())
     assert manifest["inputs"][0] == {"name": "evidence", "dtype": "float32", "shape": ["batch", 32]}

@@ -29,8 +29,8 @@ from models.caption_text import CaptionTokenizer
 from models.captioner import Captioner
 from models.speech_ctc import SpeechCTC, get_preset
 from tests.captioner_tiny import tiny_domain_head
+from tests.diagnosis_tiny import tiny_model as tiny_diagnosis
 from tests.diagnosis_tiny import tiny_tables
-from tests.engines.test_export_diagnosis import _tiny as tiny_diagnosis
 
 
 def _speech_feed(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
