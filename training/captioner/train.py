@@ -36,7 +36,7 @@ from training.captioner.recipe import TrainConfig
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
 from training.common.launch import recipe_main
-from training.common.loop import LoopSettings, run_epochs, shuffled_batches
+from training.common.loop import LoopSettings, checkpoint_saver, run_epochs, shuffled_batches, tensorboard_writer
 from training.common.optim import make_optimizer
 from training.common.plots import write_report
 
@@ -130,18 +130,11 @@ def train(cfg: TrainConfig) -> Path:
                     amp_mode, steps_per_epoch, "cached encoder features" if use_features else "images")
     ddp: torch.nn.Module = DistributedDataParallel(net) if info.world_size > 1 else net
 
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    writer = tensorboard_writer(info, run_dir)
 
-    def save() -> None:
-        if info.is_main:
-            checkpoint.save_checkpoint(run_dir, model=model, model_name=MODEL_NAME,
-                                       model_config=model_cfg.to_dict(), optimizer=optimizer, state=state,
-                                       scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
-                                       recipe=recipe, extra_files={TOKENIZER_FILE: tokenizer.to_str()})
-        distributed.barrier()
+    save = checkpoint_saver(info, run_dir, model=model, model_name=MODEL_NAME, model_config=model_cfg.to_dict(),
+                            optimizer=optimizer, state=state, scaler=scaler, recipe=recipe,
+                            extra_files={TOKENIZER_FILE: tokenizer.to_str()})
 
     def epoch_batches(epoch: int, start_batch: int) -> DataLoader:
         dataset.set_epoch(epoch)
@@ -173,14 +166,9 @@ def train(cfg: TrainConfig) -> Path:
         write_report(run_dir, state.history, state.step, ["bleu4", "cider"], f"captioner {cfg.model.preset}")
 
     model.train()
-    loop = LoopSettings(epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch,
-                        log_every_steps=cfg.run.log_every_steps, save_every_steps=cfg.run.save_every_steps,
-                        stop_after_steps=cfg.run.stop_after_steps, rate_name="images_per_s")
-    finished = run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler,
-                          optim=cfg.optim, epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch,
-                          save=save, writer=writer)
-    if not finished:
-        logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
+    loop = LoopSettings.from_run(cfg.run, steps_per_epoch, "images_per_s")
+    run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler, optim=cfg.optim,
+               epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch, save=save, writer=writer)
     if writer is not None:
         writer.close()
     return run_dir

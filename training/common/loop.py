@@ -6,29 +6,52 @@ The caller owns what differs between tasks: the batches of an epoch (starting at
 so a resumed run continues where it stopped), the forward + loss of a batch, and what happens at the end
 of an epoch (dev metrics, best score, reports).
 
-    finished = run_epochs(state, loop=LoopSettings(...), info=info, model=model, optimizer=optimizer,
-                          scaler=scaler, optim=cfg.optim, epoch_batches=..., loss_of=...,
-                          end_of_epoch=..., save=save, writer=writer)
+    writer = tensorboard_writer(info, run_dir)
+    save = checkpoint_saver(info, run_dir, model=model, model_name=..., model_config=..., optimizer=optimizer,
+                            state=state, scaler=scaler, recipe=recipe)
+    finished = run_epochs(state, loop=LoopSettings.from_run(cfg.run, steps_per_epoch, "items_per_s"), info=info,
+                          model=model, optimizer=optimizer, scaler=scaler, optim=cfg.optim, epoch_batches=...,
+                          loss_of=..., end_of_epoch=..., save=save, writer=writer)
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from training.common import amp, distributed
-from training.common.checkpoint import RunState
+from training.common.checkpoint import RunState, save_checkpoint
 from training.common.launch import log_train_step
 from training.common.optim import OptimSection, lr_at
 
+logger = logging.getLogger(__name__)
+
 B = TypeVar("B")
+
+
+class RunCounts(Protocol):
+    """The loop fields every task's recipe `run` section has."""
+
+    @property
+    def epochs(self) -> int: ...
+
+    @property
+    def log_every_steps(self) -> int: ...
+
+    @property
+    def save_every_steps(self) -> int: ...
+
+    @property
+    def stop_after_steps(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -40,9 +63,40 @@ class LoopSettings:
     stop_after_steps: int = 0  # stop (after saving) once this many steps are done; 0 = run to the end
     rate_name: str = "items_per_s"  # TensorBoard name of the throughput scalar
 
+    @classmethod
+    def from_run(cls, run: RunCounts, steps_per_epoch: int, rate_name: str) -> LoopSettings:
+        return cls(epochs=run.epochs, steps_per_epoch=steps_per_epoch, log_every_steps=run.log_every_steps,
+                   save_every_steps=run.save_every_steps, stop_after_steps=run.stop_after_steps,
+                   rate_name=rate_name)
+
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
+
+
+def tensorboard_writer(info: distributed.DistInfo, run_dir: Path) -> Any:
+    """A TensorBoard SummaryWriter into `<run_dir>/tb` on rank 0; None on the other ranks."""
+    if not info.is_main:
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(run_dir / "tb"))
+
+
+def checkpoint_saver(info: distributed.DistInfo, run_dir: Path, *, model: torch.nn.Module, model_name: str,
+                     model_config: dict[str, Any], optimizer: torch.optim.Optimizer, state: RunState,
+                     scaler: torch.amp.GradScaler, recipe: dict[str, Any],
+                     extra_files: dict[str, str] | None = None) -> Callable[[], None]:
+    """The `save` of `run_epochs`: rank 0 writes the checkpoint of the current state, every rank waits."""
+    def save() -> None:
+        if info.is_main:
+            save_checkpoint(run_dir, model=model, model_name=model_name, model_config=model_config,
+                            optimizer=optimizer, state=state,
+                            scaler_state=scaler.state_dict() if scaler.is_enabled() else None, recipe=recipe,
+                            extra_files=extra_files)
+        distributed.barrier()
+
+    return save
 
 
 def run_epochs(state: RunState, *, loop: LoopSettings, info: distributed.DistInfo, model: torch.nn.Module,
@@ -83,6 +137,7 @@ def run_epochs(state: RunState, *, loop: LoopSettings, info: distributed.DistInf
             if loop.stop_after_steps and state.step >= loop.stop_after_steps:
                 bar.close()
                 save()
+                logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
                 return False
             if state.step % loop.save_every_steps == 0:
                 save()

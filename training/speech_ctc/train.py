@@ -27,7 +27,7 @@ from models.speech_ctc import SpeechCTC, build
 from training.common import amp, checkpoint, distributed
 from training.common.config import to_dict
 from training.common.launch import recipe_main
-from training.common.loop import LoopSettings, run_epochs
+from training.common.loop import LoopSettings, checkpoint_saver, run_epochs, tensorboard_writer
 from training.common.optim import make_optimizer
 from training.common.plots import write_report
 from training.speech_ctc.augment import AugmentSection, augment_features
@@ -112,18 +112,10 @@ def train(cfg: TrainConfig) -> Path:
     augmented = AugmentedForward(model, cfg.augment)
     ddp: torch.nn.Module = (DistributedDataParallel(augmented) if info.world_size > 1 else augmented)
 
-    writer = None
-    if info.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(log_dir=str(run_dir / "tb"))
+    writer = tensorboard_writer(info, run_dir)
 
-    def save() -> None:
-        if info.is_main:
-            checkpoint.save_checkpoint(run_dir, model=model, model_name=MODEL_NAME,
-                                       model_config=model_cfg.to_dict(), optimizer=optimizer, state=state,
-                                       scaler_state=scaler.state_dict() if scaler.is_enabled() else None,
-                                       recipe=recipe)
-        distributed.barrier()
+    save = checkpoint_saver(info, run_dir, model=model, model_name=MODEL_NAME, model_config=model_cfg.to_dict(),
+                            optimizer=optimizer, state=state, scaler=scaler, recipe=recipe)
 
     def epoch_batches(epoch: int, start_batch: int) -> DataLoader[Any]:
         sampler = BucketBatchSampler(durations, cfg.data.batch_size, info.rank, info.world_size, cfg.run.seed,
@@ -156,14 +148,9 @@ def train(cfg: TrainConfig) -> Path:
         write_report(run_dir, state.history, state.step, ["wer", "cer"], f"speech_ctc {cfg.model.preset}")
 
     model.train()
-    loop = LoopSettings(epochs=cfg.run.epochs, steps_per_epoch=steps_per_epoch,
-                        log_every_steps=cfg.run.log_every_steps, save_every_steps=cfg.run.save_every_steps,
-                        stop_after_steps=cfg.run.stop_after_steps, rate_name="audio_s_per_s")
-    finished = run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler,
-                          optim=cfg.optim, epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch,
-                          save=save, writer=writer)
-    if not finished:
-        logger.info("stopping after %d steps as asked (run.stop_after_steps)", state.step)
+    loop = LoopSettings.from_run(cfg.run, steps_per_epoch, "audio_s_per_s")
+    run_epochs(state, loop=loop, info=info, model=model, optimizer=optimizer, scaler=scaler, optim=cfg.optim,
+               epoch_batches=epoch_batches, loss_of=loss_of, end_of_epoch=end_of_epoch, save=save, writer=writer)
     if writer is not None:
         writer.close()
     return run_dir
