@@ -10,8 +10,6 @@ no ImageNet classifier to name anything).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,16 +22,8 @@ from models.caption_beam import greedy_search
 from models.caption_image import to_pixels
 from models.caption_text import BOS, EOS, PAD, UNK
 from server.captioner import ImageLimits, decode_image
+from tests.nui_commands import nui, serving
 from training.captioner.model_io import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def nui(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "nui", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"nui {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +44,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
 
 @pytest.fixture(scope="module")
 def server_address(published: tuple[Path, Path, Path]) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "nui", "serve", "--repo", str(published[2]), "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), line + (proc.stderr.read() if proc.stderr else "")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(published[2]) as address:
+        yield address
 
 
 def _torch_greedy(run: Path, images: list[Path]) -> list[str]:

@@ -9,8 +9,6 @@ export's tolerance), the notice must always be there, and a bad finding fails al
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,19 +18,12 @@ import pytest
 import torch
 
 from tests.diagnosis_kb_tiny import COMMON, TINY_OPTIONS, write_hpo_fixture
+from tests.nui_commands import nui, serving
 from training.diagnosis.knowledge import KnowledgeBase, build
 from training.diagnosis.model_io import load_model
 from training.diagnosis.patients import PatientOptions, Patients, generate
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-def nui(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "nui", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"nui {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -52,16 +43,8 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
 
 @pytest.fixture(scope="module")
 def server_address(published: tuple[Path, Path, Path]) -> Iterator[str]:
-    proc = subprocess.Popen([sys.executable, "-m", "nui", "serve", "--repo", str(published[2]), "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), line + (proc.stderr.read() if proc.stderr else "")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(published[2]) as address:
+        yield address
 
 
 def test_served_probabilities_are_the_checkpoints(published: tuple[Path, Path, Path], server_address: str) -> None:

@@ -8,8 +8,6 @@ is that every stage runs, and that the served transcript is exactly what the tor
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,17 +16,9 @@ import pytest
 import torch
 
 from models.ctc_text import greedy_decode
+from tests.nui_commands import nui, serving
 from training.speech_ctc.manifest import load_audio, read_manifest
 from training.speech_ctc.model_io import load_model
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def nui(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([sys.executable, "-m", "nui", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
-    assert proc.returncode == 0, f"nui {' '.join(args)} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +37,8 @@ def published(tiny_speech_corpus: Path, tmp_path_factory: pytest.TempPathFactory
 
 @pytest.fixture(scope="module")
 def server_address(published: tuple[Path, Path]) -> Iterator[str]:
-    _, repo = published
-    proc = subprocess.Popen([sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--port", "0"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert line.startswith("listening on "), line + (proc.stderr.read() if proc.stderr else "")
-        yield line.split()[-1]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+    with serving(published[1]) as address:
+        yield address
 
 
 @pytest.mark.slow
