@@ -127,22 +127,50 @@ def graph_specs(manifest: Manifest, graph: str | None) -> tuple[str, list[Tensor
         raise ValueError(f"{manifest.model}: manifest graph {graph!r} is malformed: {e}") from e
 
 
-class OnnxRuntimeEngine:
+class VersionEngine:
+    """What every backend shares: the version folder's manifest (verified, its `engine` must be `kind`), the
+    graph's file and tensor specs, the version number from the folder name (0 for an export's staging
+    folder, `staged=True`), the `Engine` properties and the check of a run's input names."""
+
+    def __init__(self, version_dir: Path, kind: str, *, verify: bool = True, graph: str | None = None,
+                 staged: bool = False) -> None:
+        self._dir = Path(version_dir)
+        self._manifest = read_manifest(self._dir, verify=verify)
+        if self._manifest.engine != kind:
+            raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not {kind!r}")
+        self._graph_file, self._inputs, self._outputs = graph_specs(self._manifest, graph)
+        if not (staged or self._dir.name.isdigit()):
+            raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
+        self._version = 0 if staged else int(self._dir.name)
+
+    @property
+    def name(self) -> str:
+        return self._manifest.model
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def manifest(self) -> Manifest:
+        return self._manifest
+
+    def _check_inputs(self, inputs: dict[str, np.ndarray]) -> None:
+        expected = {t.name for t in self._inputs}
+        if set(inputs) != expected:
+            raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+
+
+class OnnxRuntimeEngine(VersionEngine):
     """An ONNX Runtime session on the CPU for `<repo>/<model>/<version>/` (manifest + model.onnx, or the
     named `graph` of a multi-graph export)."""
 
     def __init__(self, version_dir: Path, intra_op_threads: int | None = None, *,
                  verify: bool = True, graph: str | None = None, provider: str = "cpu") -> None:
-        self._dir = Path(version_dir)
-        self._manifest = read_manifest(self._dir, verify=verify)
-        if self._manifest.engine != "onnxruntime":
-            raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not 'onnxruntime'")
-        onnx_file, self._inputs, outputs = graph_specs(self._manifest, graph)
+        super().__init__(version_dir, "onnxruntime", verify=verify, graph=graph)
+        onnx_file, outputs = self._graph_file, self._outputs
         if onnx_file not in self._manifest.files:
             raise ValueError(f"{self._dir}: manifest does not list {onnx_file}")
-        if not self._dir.name.isdigit():
-            raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
-        self._version = int(self._dir.name)
         threads = intra_op_threads if intra_op_threads is not None else default_intra_op_threads()
         providers = resolve_providers(provider)
         try:
@@ -159,23 +187,8 @@ class OnnxRuntimeEngine:
         logger.info("loaded %s version %d%s (%s, %d intra-op threads)", self.name, self._version,
                     f" graph {graph}" if graph else "", self._manifest.precision, threads)
 
-    @property
-    def name(self) -> str:
-        return self._manifest.model
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = {t.name for t in self._inputs}
-        if set(inputs) != expected:
-            raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, "
-                             f"got {sorted(inputs)}")
+        self._check_inputs(inputs)
         outputs = self._session.run(self._output_names, inputs)
         return {name: np.asarray(out) for name, out in zip(self._output_names, outputs, strict=True)}
 

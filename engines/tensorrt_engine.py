@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from engines.engine import graph_specs
-from engines.manifest import Manifest, read_manifest
+from engines.engine import VersionEngine
+from engines.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -84,21 +84,17 @@ def installed_tensorrt(device: int = 0) -> tuple[str, str]:
     return str(trt.__version__), f"{major}.{minor}"
 
 
-class TensorRTEngine:
+class TensorRTEngine(VersionEngine):
     """A deserialized TensorRT plan of `<repo>/<model>/<version>/` (or the named `graph` of a multi-graph
     version), one execution context, runs serialized by a lock (one CUDA stream)."""
 
     def __init__(self, version_dir: Path, *, verify: bool = True, graph: str | None = None) -> None:
-        self._dir = Path(version_dir)
-        self._manifest = read_manifest(self._dir, verify=verify)
-        if self._manifest.engine != ENGINE_TYPE:
-            raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not {ENGINE_TYPE!r}")
+        super().__init__(version_dir, ENGINE_TYPE, verify=verify, graph=graph)
         check_compatible(self._manifest, *installed_tensorrt(), where=self._dir)
-        onnx_file, self._inputs, self._outputs = graph_specs(self._manifest, graph)
+        onnx_file = self._graph_file
         plan = self._manifest.extras["tensorrt"]["plans"].get(onnx_file)
         if plan is None or plan not in self._manifest.files:
             raise ValueError(f"{self._dir}: manifest lists no TensorRT plan for {onnx_file}")
-        self._version = int(self._dir.name)
         trt, self._cudart = import_tensorrt(), _cudart()
         self._trt = trt
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
@@ -116,22 +112,8 @@ class TensorRTEngine:
         logger.info("loaded %s version %d%s (TensorRT plan %s)", self.name, self._version,
                     f" graph {graph}" if graph else "", plan)
 
-    @property
-    def name(self) -> str:
-        return self._manifest.model
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = {t.name for t in self._inputs}
-        if set(inputs) != expected:
-            raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        self._check_inputs(inputs)
         cudart, kind = self._cudart, self._cudart.cudaMemcpyKind
         with self._lock:
             buffers: list[int] = []

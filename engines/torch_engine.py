@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from engines.engine import graph_specs
-from engines.manifest import Manifest, TensorSpec, read_manifest
+from engines.engine import VersionEngine
+from engines.manifest import Manifest, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -185,22 +185,15 @@ class _CapturedGraphs:
         return graph, static_in, static_out
 
 
-class TorchEngine:
+class TorchEngine(VersionEngine):
     """One graph of a `torch` version on a torch device (CUDA, or CPU for tests and CPU-only machines)."""
 
     def __init__(self, version_dir: Path, *, graph: str | None = None, verify: bool = True, device: str = "cuda",
                  cuda_graphs: bool = True, staged: bool = False) -> None:
         """staged: `version_dir` is an export's staging folder (not yet named by its version): version 0."""
-        self._dir = Path(version_dir)
-        self._manifest = read_manifest(self._dir, verify=verify)
-        if self._manifest.engine != ENGINE_TYPE:
-            raise ValueError(f"{self._dir}: manifest engine is {self._manifest.engine!r}, not {ENGINE_TYPE!r}")
+        super().__init__(version_dir, ENGINE_TYPE, verify=verify, graph=graph, staged=staged)
         if WEIGHTS_FILE not in self._manifest.files:
             raise ValueError(f"{self._dir}: manifest does not list {WEIGHTS_FILE}")
-        if not (staged or self._dir.name.isdigit()):
-            raise ValueError(f"{self._dir}: a version folder must be named by a positive integer")
-        self._version = 0 if staged else int(self._dir.name)
-        _, self._inputs, self._outputs = graph_specs(self._manifest, graph)
         self._device = resolve_device(device)
         try:
             _, graphs = build_modules(self._manifest, load_file(str(self._dir / WEIGHTS_FILE)))
@@ -221,18 +214,6 @@ class TorchEngine:
                     ", CUDA graphs" if self._graphs else "")
 
     @property
-    def name(self) -> str:
-        return self._manifest.model
-
-    @property
-    def version(self) -> int:
-        return self._version
-
-    @property
-    def manifest(self) -> Manifest:
-        return self._manifest
-
-    @property
     def captures_graphs(self) -> bool:
         return self._graphs is not None
 
@@ -244,9 +225,7 @@ class TorchEngine:
         return tuple(o.float() if o.is_floating_point() else o for o in outs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        expected = [t.name for t in self._inputs]
-        if set(inputs) != set(expected):
-            raise ValueError(f"{self.name} v{self.version} takes inputs {sorted(expected)}, got {sorted(inputs)}")
+        self._check_inputs(inputs)
         args = [torch.as_tensor(np.ascontiguousarray(inputs[t.name]), dtype=_DTYPES[t.dtype]).to(self._device)
                 for t in self._inputs]
         with self._lock, torch.inference_mode():
