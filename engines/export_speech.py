@@ -26,6 +26,7 @@ import torch
 from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
 from engines.onnx_weights import weights_to_fp16
 from models.ctc_text import greedy_decode
+from models.speech_batch import pad_batch
 from models.speech_ctc import SpeechCTC
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,7 @@ def check_parity(model: SpeechCTC, onnx_path: Path, clips: list[np.ndarray], ato
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     report = ParityReport(clips=0, max_abs_diff=0.0, atol=atol, transcripts_equal=0)
     for group in _batches(clips, max_batch):
-        lengths = np.array([len(c) for c in group], dtype=np.int64)
-        audio = np.zeros((len(group), int(lengths.max())), dtype=np.float32)
-        for i, c in enumerate(group):
-            audio[i, : len(c)] = c
+        audio, lengths = pad_batch(group)
         with torch.no_grad():
             t_lp, t_len = model(torch.from_numpy(audio), torch.from_numpy(lengths))
         o_lp, o_len = session.run(None, {"audio": audio, "audio_lengths": lengths})

@@ -30,6 +30,7 @@ from engines.manifest import read_manifest
 from models.caption_beam import StepFn, greedy_search
 from models.caption_text import BOS, EOS, PAD, UNK
 from models.ctc_text import greedy_decode, normalize_text
+from models.speech_batch import pad_batch
 
 # max_prob_diff: on probabilities; max_wer_increase: absolute WER (0.01 = one point); min_*_agreement: share.
 TOLERANCES: dict[str, dict[str, float]] = {
@@ -50,14 +51,6 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _pad(clips: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.array([len(c) for c in clips], dtype=np.int64)
-    audio = np.zeros((len(clips), int(lengths.max())), dtype=np.float32)
-    for i, c in enumerate(clips):
-        audio[i, : len(c)] = c
-    return audio, lengths
-
-
 def speech_gate(fp32_dir: Path, fp16_dir: Path, clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
                 tolerances: dict[str, float] | None = None, max_batch: int = 8) -> dict[str, Any]:
     """Both speech engines on `clips` (float32 mono at the model's rate), batched by length."""
@@ -68,7 +61,7 @@ def speech_gate(fp32_dir: Path, fp16_dir: Path, clips: Sequence[np.ndarray], tex
     max_diff = 0.0
     for k in range(0, len(order), max_batch):
         idx = order[k:k + max_batch]
-        audio, lengths = _pad([clips[i] for i in idx])
+        audio, lengths = pad_batch([clips[i] for i in idx])
         lp32, n32 = s32.run(None, {"audio": audio, "audio_lengths": lengths})
         lp16, n16 = s16.run(None, {"audio": audio, "audio_lengths": lengths})
         if not np.array_equal(n32, n16):
@@ -164,7 +157,7 @@ Check = tuple[Gate, ExampleFeeds]
 def speech_check(clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
                  tolerances: dict[str, float] | None = None) -> Check:
     def feeds(src_dir: Path, graph: str) -> dict[str, np.ndarray]:
-        audio, lengths = _pad(clips[:1])
+        audio, lengths = pad_batch(clips[:1])
         return {"audio": audio, "audio_lengths": lengths}
     return (lambda a, b: speech_gate(a, b, clips, texts, tolerances)), feeds
 

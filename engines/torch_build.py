@@ -28,6 +28,7 @@ from torch import nn
 from engines.engine import OnnxRuntimeEngine
 from engines.manifest import Manifest, file_digests, read_manifest, staged_version, write_manifest
 from engines.torch_engine import ENGINE_TYPE, EXTRA_PREFIX, WEIGHTS_FILE, TorchEngine
+from models.speech_batch import pad_batch
 
 PRECISIONS = ("fp32", "fp16")  # fp16: FP16 autocast on CUDA (FP32 on CPU); the weights are stored FP32
 
@@ -100,11 +101,8 @@ def speech_feeds(clips: list[np.ndarray], batch_size: int = 8) -> list[dict[str,
     """Padded batches of clips (mixed lengths, so padding is gated too) for a speech model's gate."""
     feeds: list[dict[str, np.ndarray]] = []
     for i in range(0, len(clips), batch_size):
-        group = clips[i: i + batch_size]
-        audio = np.zeros((len(group), max(len(c) for c in group)), dtype=np.float32)
-        for row, clip in enumerate(group):
-            audio[row, : len(clip)] = clip
-        feeds.append({"audio": audio, "audio_lengths": np.array([len(c) for c in group], dtype=np.int64)})
+        audio, lengths = pad_batch(clips[i: i + batch_size])
+        feeds.append({"audio": audio, "audio_lengths": lengths})
     return feeds
 
 

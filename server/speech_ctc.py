@@ -34,6 +34,7 @@ from engines.engine import Engine
 from engines.manifest import Manifest
 from models.ctc_beam import BeamOptions, CTCBeamDecoder
 from models.ctc_text import VOCAB, WordTiming, greedy_decode, greedy_word_timings
+from models.speech_batch import pad_batch
 from server.audio import AudioEncoding, AudioLimits, decode_audio, resample
 from server.errors import invalid_argument
 from server.tensor_batch import TensorRequest
@@ -267,12 +268,3 @@ class SpeechCTCModel:
         if not hyps:
             raise RuntimeError("the decoder returned no hypothesis")
         return Recognition(tuple(hyps[: utt.max_alternatives]), utt.audio_duration_s)
-
-
-def pad_batch(waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Zero-pad 1-D waveforms to the longest: audio (B, S_max) float32, lengths (B,) int64."""
-    lengths = np.array([len(w) for w in waves], dtype=np.int64)
-    audio = np.zeros((len(waves), int(lengths.max())), dtype=np.float32)
-    for i, w in enumerate(waves):
-        audio[i, : len(w)] = w
-    return audio, lengths

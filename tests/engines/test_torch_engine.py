@@ -16,7 +16,7 @@ from engines.export_captioner import export_captioner, synthetic_images
 from engines.export_diagnosis import export_diagnosis, random_evidence
 from engines.export_speech import export_speech_ctc, noise_clips
 from engines.manifest import TensorSpec, read_manifest
-from engines.torch_build import TorchParityError, captioner_feeds, publish_torch
+from engines.torch_build import TorchParityError, captioner_feeds, publish_torch, speech_feeds
 from engines.torch_engine import (
     WEIGHTS_FILE,
     TorchEngine,
@@ -33,14 +33,6 @@ from tests.diagnosis_tiny import tiny_model as tiny_diagnosis
 from tests.diagnosis_tiny import tiny_tables
 
 
-def _speech_feed(clips: list[np.ndarray]) -> dict[str, np.ndarray]:
-    width = max(len(c) for c in clips)
-    audio = np.zeros((len(clips), width), dtype=np.float32)
-    for i, c in enumerate(clips):
-        audio[i, : len(c)] = c
-    return {"audio": audio, "audio_lengths": np.array([len(c) for c in clips], dtype=np.int64)}
-
-
 def _speech(seed: int = 0) -> SpeechCTC:
     torch.manual_seed(seed)
     return SpeechCTC(get_preset("tiny")).eval()
@@ -50,7 +42,7 @@ def _speech(seed: int = 0) -> SpeechCTC:
 def test_speech_torch_engine_matches_onnx(tmp_path: Path, precision: str) -> None:
     model, clips = _speech(), noise_clips(4)
     onnx_dir, _ = export_speech_ctc(model, tmp_path / "stage")
-    feed = _speech_feed(clips)
+    feed = speech_feeds(clips)[0]
     path, manifest = publish_torch(onnx_dir, model, tmp_path / "repo", "speech_ctc", precision=precision,
                                    feeds={None: [feed]})
     assert manifest.engine == "torch" and manifest.parity["torch"]["passed"]
@@ -105,7 +97,7 @@ def test_gate_refuses_weights_that_are_not_the_exported_model(tmp_path: Path) ->
     onnx_dir, _ = export_speech_ctc(_speech(0), tmp_path / "stage")
     with pytest.raises(TorchParityError, match="differs from the ONNX engine"):
         publish_torch(onnx_dir, _speech(1), tmp_path / "repo", "speech_ctc", precision="fp32",
-                      feeds={None: [_speech_feed(noise_clips(2))]})
+                      feeds={None: [speech_feeds(noise_clips(2))[0]]})
     assert not (tmp_path / "repo" / "speech_ctc" / "1").exists()
 
 
@@ -116,7 +108,7 @@ def test_cuda_requests_fail_clearly_without_a_gpu(tmp_path: Path) -> None:
         resolve_device("cuda")
     model = _speech()
     onnx_dir, _ = export_speech_ctc(model, tmp_path / "stage")
-    publish_torch(onnx_dir, model, tmp_path / "repo", "speech_ctc", feeds={None: [_speech_feed(noise_clips(1))]})
+    publish_torch(onnx_dir, model, tmp_path / "repo", "speech_ctc", feeds={None: [speech_feeds(noise_clips(1))[0]]})
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         load_engine(tmp_path / "repo", "speech_ctc", provider="cuda")
     with pytest.raises(ValueError, match="--provider cuda or cpu"):
