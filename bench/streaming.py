@@ -10,9 +10,13 @@ through the real streaming export (same graph and cost as a trained model; no LM
 greedy). The server runs as a subprocess (`nui serve`, port 0, --max-batch-size 64). For each N, this
 process opens N `StreamingRecognize` streams with a `grpc.aio` client; stream i starts at a random
 offset within the first second and sends 100 ms LINEAR_PCM chunks on an absolute real-time schedule
-(interim results on, default endpointing; the audio is seeded speech-like noise without pauses, so
-each stream ends with exactly one final). Per stream it records
-- end-to-final latency: from sending the last chunk and half-closing to receiving the final result;
+(interim results on, default endpointing). The audio is seeded speech-like noise without pauses, or with
+`--speech-manifest` (a JSONL manifest such as data/speech/test.jsonl) real speech: held-out clips, a
+seeded sample per stream, joined until the stream has --audio-s seconds; their transcripts are scored
+(WER, jiwer) against the manifest text. Use real speech for a trained model: on noise a trained model's
+output is flat, and beam search + LM then costs about 10x what it costs on speech. Per stream it records
+- end-to-final latency: from sending the last chunk and half-closing to receiving the last final
+  result (0 when the endpointer had already finalized all the speech before the audio ended);
 - interim lag: audio sent so far minus `result_end_s` of each interim result (the pipeline's own lag,
   lag_frames x frame, is part of it).
 "Real time" at N means no stream failed, p99 end-to-final latency <= --realtime-p99-ms (default 500)
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import json
 import logging
 import shlex
 import sys
@@ -68,12 +73,31 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return (x + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
+def speech_clips(manifest: Path, seconds: float, seed: int) -> tuple[np.ndarray, str]:
+    """Seeded clips from a JSONL manifest (audio_filepath relative to it, text), joined to >= `seconds`."""
+    import soundfile as sf
+
+    entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    waves: list[np.ndarray] = []
+    texts: list[str] = []
+    while sum(len(w) for w in waves) < seconds * SAMPLE_RATE_HZ:
+        entry = entries[int(rng.integers(len(entries)))]
+        audio, rate = sf.read(manifest.parent / entry["audio_filepath"], dtype="float32")
+        if rate != SAMPLE_RATE_HZ or audio.ndim != 1:
+            raise ValueError(f"{entry['audio_filepath']}: expected 16 kHz mono, got {rate} Hz, shape {audio.shape}")
+        waves.append(audio)
+        texts.append(entry["text"])
+    return np.concatenate(waves), " ".join(texts)
+
+
 @dataclass
 class StreamRecord:
     start_offset_s: float
     final_latency_s: float | None = None  # None: the stream failed
     interim_lags_s: list[float] = field(default_factory=list)
     error: str = ""
+    transcript: str = ""  # the final results joined
 
 
 @dataclass
@@ -87,6 +111,7 @@ class Row:
     p50_interim_lag_ms: float
     p99_interim_lag_ms: float
     real_time: bool
+    wer_percent: float | None = None  # with --speech-manifest: finals vs the manifest text
 
 
 async def one_stream(stub: speech_pb2_grpc.SpeechStub, audio: np.ndarray, start_offset_s: float,
@@ -110,29 +135,38 @@ async def one_stream(stub: speech_pb2_grpc.SpeechStub, audio: np.ndarray, start_
             yield speech_pb2.StreamingRecognizeRequest(audio=chunk)
         end_sent = time.monotonic()
 
+    last_final = None
+    finals: list[str] = []
     try:
         async for response in stub.StreamingRecognize(requests(), timeout=len(audio) / SAMPLE_RATE_HZ + 60):
             for result in response.results:
                 if result.is_final:
-                    record.final_latency_s = time.monotonic() - end_sent if end_sent else None
+                    last_final = time.monotonic()
+                    finals.append(result.alternatives[0].transcript if result.alternatives else "")
                 else:
                     record.interim_lags_s.append(sent_s - result.result_end_s)
     except grpc.aio.AioRpcError as e:
-        record.final_latency_s, record.error = None, e.code().name
+        record.error = e.code().name
+        return record
+    if last_final is None or not end_sent:
+        record.error = "no final result" if last_final is None else "stream ended before the audio"
+        return record
+    record.final_latency_s = max(0.0, last_final - end_sent)
+    record.transcript = " ".join(t for t in finals if t)
     return record
 
 
-async def run_level(address: str, n: int, audio_s: float, seed: int) -> list[StreamRecord]:
-    rng = np.random.default_rng(seed + n)
+async def run_level(address: str, audios: Sequence[np.ndarray], seed: int) -> list[StreamRecord]:
+    rng = np.random.default_rng(seed + len(audios))
     async with grpc.aio.insecure_channel(address) as channel:
         stub = speech_pb2_grpc.SpeechStub(channel)
         t0 = time.monotonic() + 0.2
         return list(await asyncio.gather(*(
-            one_stream(stub, speechlike(audio_s, seed + i), float(rng.uniform(0, 1.0)), t0) for i in range(n))))
+            one_stream(stub, audio, float(rng.uniform(0, 1.0)), t0) for audio in audios)))
 
 
 def summarize(n: int, records: Sequence[StreamRecord], p99_limit_ms: float,
-              lag_p99_limit_ms: float) -> Row:
+              lag_p99_limit_ms: float, references: Sequence[str] | None = None) -> Row:
     finals = np.array([r.final_latency_s for r in records if r.final_latency_s is not None]) * 1e3
     lags = np.array([lag for r in records for lag in r.interim_lags_s]) * 1e3
     failed = sum(r.final_latency_s is None for r in records)
@@ -142,18 +176,24 @@ def summarize(n: int, records: Sequence[StreamRecord], p99_limit_ms: float,
 
     p99, lag_p99 = pct(finals, 99), pct(lags, 99)
     real_time = failed == 0 and p99 <= p99_limit_ms and not lag_p99 > lag_p99_limit_ms  # no interims: no lag
+    wer = None
+    if references is not None:
+        import jiwer
+
+        wer = 100 * float(jiwer.wer(list(references), [r.transcript for r in records]))
     return Row(n, len(finals), failed, pct(finals, 50), p99, float(finals.max()) if len(finals) else float("nan"),
-               pct(lags, 50), lag_p99, real_time)
+               pct(lags, 50), lag_p99, real_time, wer)
 
 
 def format_table(rows: Sequence[Row]) -> str:
     head = (f"{'streams':>7} {'ok':>4} {'fail':>4} {'final p50 ms':>12} {'final p99 ms':>12} {'max ms':>8} "
-            f"{'interim lag p50 ms':>18} {'p99 ms':>7} {'real time':>9}")
+            f"{'interim lag p50 ms':>18} {'p99 ms':>7} {'real time':>9} {'WER %':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r.streams:>7} {r.ok:>4} {r.failed:>4} {r.p50_final_ms:>12.1f} {r.p99_final_ms:>12.1f} "
                      f"{r.max_final_ms:>8.1f} {r.p50_interim_lag_ms:>18.1f} {r.p99_interim_lag_ms:>7.1f} "
-                     f"{'yes' if r.real_time else 'NO':>9}")
+                     f"{'yes' if r.real_time else 'NO':>9} "
+                     f"{'-' if r.wer_percent is None else f'{r.wer_percent:.1f}':>6}")
     return "\n".join(lines)
 
 
@@ -196,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--chunk-ms", type=float, default=120.0, help="engine chunk for the random-weight export")
     p.add_argument("--streams", type=_int_list, default=(8, 16, 32, 48, 64))
     p.add_argument("--audio-s", type=float, default=8.0, help="audio per stream")
+    p.add_argument("--speech-manifest", type=Path,
+                   help="stream real speech from this JSONL manifest (e.g. data/speech/test.jsonl), not noise")
     p.add_argument("--realtime-p99-ms", type=float, default=500.0)
     p.add_argument("--realtime-lag-p99-ms", type=float, default=1500.0)
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -230,11 +272,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for n in args.streams:
                 logger.info("%d streams of %.1f s ...", n, args.audio_s)
-                records = asyncio.run(run_level(server.address, n, args.audio_s, args.seed))
+                if args.speech_manifest is None:
+                    audios, references = [speechlike(args.audio_s, args.seed + i) for i in range(n)], None
+                else:
+                    pairs = [speech_clips(args.speech_manifest, args.audio_s, args.seed + i) for i in range(n)]
+                    audios, references = [a for a, _ in pairs], [t for _, t in pairs]
+                records = asyncio.run(run_level(server.address, audios, args.seed))
                 errors = sorted({r.error for r in records if r.error})
                 if errors:
                     logger.warning("%d streams failed: %s", sum(bool(r.error) for r in records), errors)
-                row = summarize(n, records, args.realtime_p99_ms, args.realtime_lag_p99_ms)
+                row = summarize(n, records, args.realtime_p99_ms, args.realtime_lag_p99_ms, references)
                 rows.append(row)
                 print(format_table(rows[-1:]).splitlines()[-1], flush=True)
                 if not row.real_time:
@@ -242,12 +289,14 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             status = server.stop()
     max_n = max((r.streams for r in rows if r.real_time), default=0)
-    title = f"nui streaming, {source}; {args.audio_s:g} s streams"
+    audio = "speech-like noise" if args.speech_manifest is None else f"speech from {args.speech_manifest}"
+    title = f"nui streaming, {source}; {args.audio_s:g} s streams of {audio}"
     print(f"\n{title}\n{format_table(rows)}\nlargest N that stayed real time: {max_n} "
           f"(p99 end-to-final <= {args.realtime_p99_ms:g} ms, p99 interim lag <= {args.realtime_lag_p99_ms:g} ms, "
           "no failures)")
     report: dict[str, Any] = {
         "command": shlex.join([sys.executable, *sys.argv]), "source": source, "audio_s": args.audio_s,
+        "audio": audio,
         "chunk_s_sent": CHUNK_S, "realtime_p99_ms": args.realtime_p99_ms,
         "realtime_lag_p99_ms": args.realtime_lag_p99_ms, "max_realtime_streams": max_n,
         "server": {"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
