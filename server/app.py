@@ -67,6 +67,7 @@ class ServerConfig:
     max_batch_size: int = 16
     max_queue_delay_ms: float = 5.0  # how long a batch waits for more items after its first
     max_queue_size: int = 256  # per model version; beyond it calls fail with RESOURCE_EXHAUSTED
+    max_queue_wait_ms: float | None = 50.0  # so do calls predicted to wait longer (speech, diagnosis); None: off
     max_audio_s: float = 60.0
     max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
     intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4
@@ -102,6 +103,8 @@ class ServerConfig:
             raise ValueError("max_streams, max_stream_s and stream_idle_s must be positive")
         if self.poll_repository_s < 0 or self.retire_after_s < 0:
             raise ValueError("poll_repository_s and retire_after_s must be >= 0")
+        if self.max_queue_wait_ms is not None and self.max_queue_wait_ms <= 0:
+            raise ValueError(f"max_queue_wait_ms must be > 0 (None: off), got {self.max_queue_wait_ms}")
         if self.shutdown_grace_s < 0:
             raise ValueError(f"shutdown_grace_s must be >= 0, got {self.shutdown_grace_s}")
         if self.provider not in PROVIDERS:
@@ -276,7 +279,8 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         raise OSError(f"cannot listen on {address}: {e}") from e
     store = ModelStore(config.repo, BatchSettings(
         config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
-        config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s), metrics)
+        config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s,
+        max_queue_wait_ms=config.max_queue_wait_ms), metrics)
     store.add_loaded(preloaded)
     ctx = ServingContext(config, metrics=metrics, store=store, streams=StreamTracker(config.max_streams))
     model_services = [name for register in SERVICES for name in register(server, ctx)]

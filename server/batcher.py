@@ -6,9 +6,16 @@ the batch's first item arrived, then calls `run_batch(items)` in a worker thread
 releases the GIL) and hands each caller its own result or its own exception (Triton's contract: one
 response per request, one bad request never fails its batch-mates).
 
-- Queue full: `submit` raises `QueueFullError` at once (RESOURCE_EXHAUSTED).
-- Deadline (a `time.monotonic()` instant): `submit` raises `DeadlineExceededError` when it passes while
-  the item waits, and an expired item is dropped before it runs (DEADLINE_EXCEEDED).
+- Queue full: `submit` raises `QueueFullError` at once (RESOURCE_EXHAUSTED) when `max_queue_size` items
+  wait, or (`max_queue_wait_ms`) when the item's predicted wait before its run exceeds that budget: the
+  wait is predicted from measured run times (server/admission.py), so the queue holds as much work as
+  the budget allows however fast the model is, instead of a count that is seconds of work on a CPU.
+- Deadline (a `time.monotonic()` instant): `submit` raises `DeadlineUnmeetableError` (a
+  `DeadlineExceededError`, DEADLINE_EXCEEDED) at once when the predicted wait plus the item's own run
+  exceeds the time left, rather than queueing work whose answer nobody will read; `DeadlineExceededError`
+  when it passes while the item waits, and an expired item is dropped before it runs.
+- `check_admission(deadline)`: the same checks without an item, for servicers to call before costly
+  preparation (audio decoding), so that shedding a request costs next to nothing.
 - A caller that is cancelled (client left) removes its item; items already running are not stopped,
   their results are discarded.
 - `run_batch` raising as a whole: the items are re-run one by one, so only the bad one fails.
@@ -17,8 +24,9 @@ response per request, one bad request never fails its batch-mates).
   model instances). On a CPU, two runs of one ONNX Runtime thread each keep two cores busy without the
   per-operator thread hand-offs of one run on two threads, and one batch's decoding overlaps the other's
   engine run.
-- `observer` (optional) gets a `BatchRecord` after every engine run (metrics), so the batcher itself
-  knows nothing of how it is reported.
+- `observer` (optional) gets a `BatchRecord` after every engine run and a `DropRecord` for every item
+  refused at admission or expired before its run (metrics), so the batcher knows nothing of how they are
+  reported.
 - `size_of` (optional): the size an item is padded to in a batch (e.g. audio samples). Batches are then
   formed of similar sizes: the oldest waiting item always goes first, joined by the items nearest its
   size among the `max_batch_size` oldest (those first-in-first-out would run next) while the batch's
@@ -32,6 +40,8 @@ response per request, one bad request never fails its batch-mates).
 
     batcher = DynamicBatcher(run_batch, max_batch_size=16, max_queue_delay_ms=5, max_queue_size=256)
     batcher = DynamicBatcher(run_batch, 16, 5, 256, size_of=lambda utt: len(utt.samples), max_padding_waste=0.2)
+    batcher = DynamicBatcher(run_batch, 16, 5, 256, max_queue_wait_ms=50)   # shed beyond 50 ms of queued work
+    batcher.check_admission(deadline)   # QueueFullError / DeadlineUnmeetableError before preparing the item
     result = await batcher.submit(item, deadline=time.monotonic() + 2.0)
     await batcher.close()
 """
@@ -45,7 +55,9 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Generic, Literal, TypeVar
+
+from server.admission import WaitPredictor
 
 logger = logging.getLogger(__name__)
 
@@ -57,11 +69,15 @@ SizeOf = Callable[[T], int]
 
 
 class QueueFullError(Exception):
-    """The batcher's queue holds `max_queue_size` items already."""
+    """The batcher's queue holds `max_queue_size` items already, or its predicted wait is over budget."""
 
 
 class DeadlineExceededError(Exception):
     """The item's deadline passed before its result was ready."""
+
+
+class DeadlineUnmeetableError(DeadlineExceededError):
+    """The item's deadline falls before its predicted wait and run end: refused without queueing it."""
 
 
 class BatcherClosedError(Exception):
@@ -76,8 +92,10 @@ class BatcherStats:
     items_done: int = 0  # items that got a result or their own exception from run_batch
     batch_sizes: collections.Counter[int] = field(default_factory=collections.Counter)
     failed_batches: int = 0  # run_batch raised for a whole batch (then re-run one by one)
-    rejected_queue_full: int = 0
-    expired: int = 0  # deadline passed while queued
+    rejected_queue_full: int = 0  # refused: max_queue_size items waiting
+    rejected_queue_wait: int = 0  # refused: predicted wait over max_queue_wait_ms
+    rejected_deadline: int = 0  # refused: the deadline falls before the predicted wait + run
+    expired: int = 0  # deadline passed before the item's run (at submit or while queued)
     cancelled: int = 0  # the caller left while its item was queued
     queue_s_total: float = 0.0  # summed over items run: submit -> start of their run
     compute_s_total: float = 0.0  # summed over runs: run_batch wall time
@@ -101,7 +119,18 @@ class BatchRecord:
     sizes: tuple[int, ...] = ()  # each item's size_of, empty without size_of
 
 
-BatchObserver = Callable[[BatchRecord], None]
+DropReason = Literal["queue_full", "queue_wait", "deadline", "expired"]
+
+
+@dataclass(frozen=True)
+class DropRecord:
+    """An item that got no run: refused at admission (queue_full: the count bound, queue_wait: the
+    predicted wait over budget, deadline: the deadline before the predicted end) or expired before its run."""
+
+    reason: DropReason
+
+
+BatchObserver = Callable[[BatchRecord | DropRecord], None]
 
 
 @dataclass(eq=False)
@@ -111,6 +140,7 @@ class _Pending(Generic[T, R]):
     deadline: float | None  # time.monotonic() instant
     enqueued_at: float  # time.monotonic()
     size: int = 0  # size_of(item); 0 without size_of
+    units: int = 1  # work for the wait prediction: size with size_of, else 1
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -119,7 +149,10 @@ class DynamicBatcher(Generic[T, R]):
     def __init__(self, run_batch: RunBatch[T, R], max_batch_size: int, max_queue_delay_ms: float,
                  max_queue_size: int, *, name: str = "batcher", observer: BatchObserver | None = None,
                  size_of: SizeOf[T] | None = None, max_padding_waste: float = 1.0,
-                 max_concurrent_runs: int = 1) -> None:
+                 max_concurrent_runs: int = 1, max_queue_wait_ms: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """`max_queue_wait_ms`: refuse items predicted to wait longer (None: the count bound only).
+        `clock` times the runs for the wait prediction (tests pass a fake one)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_ms < 0:
@@ -130,12 +163,15 @@ class DynamicBatcher(Generic[T, R]):
             raise ValueError(f"max_concurrent_runs must be >= 1, got {max_concurrent_runs}")
         if not 0.0 <= max_padding_waste <= 1.0:
             raise ValueError(f"max_padding_waste must be in [0, 1], got {max_padding_waste}")
+        if max_queue_wait_ms is not None and max_queue_wait_ms <= 0:
+            raise ValueError(f"max_queue_wait_ms must be > 0 (or None: no wait bound), got {max_queue_wait_ms}")
         self._run_batch = run_batch
         self._size_of = size_of
         self.max_padding_waste = max_padding_waste
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
         self.max_queue_size = max_queue_size
+        self.max_queue_wait_s = None if max_queue_wait_ms is None else max_queue_wait_ms / 1000.0
         self.name = name
         self.observer = observer
         self.stats = BatcherStats()
@@ -143,6 +179,9 @@ class DynamicBatcher(Generic[T, R]):
         self._wakeup = asyncio.Event()
         self._closing = False
         self.max_concurrent_runs = max_concurrent_runs
+        self.predictor = WaitPredictor(max_concurrent_runs)
+        self._clock = clock
+        self._running: dict[int, tuple[float, int]] = {}  # per batch taken: (clock when taken, units)
         # One thread per concurrent run, shared with nothing else.
         self._executor = ThreadPoolExecutor(max_workers=max_concurrent_runs, thread_name_prefix=name)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{name}-worker")
@@ -151,20 +190,50 @@ class DynamicBatcher(Generic[T, R]):
     def queue_size(self) -> int:
         return len(self._queue)
 
-    async def submit(self, item: T, deadline: float | None = None) -> R:
-        """The result of `item` from `run_batch`; raises its own exception, QueueFullError,
-        DeadlineExceededError or BatcherClosedError."""
+    def predicted_wait_s(self) -> float:
+        """How long an item submitted now is predicted to wait before its run starts."""
+        now = self._clock()
+        running = [(now - started, units) for started, units in self._running.values()]
+        return self.predictor.wait_s(sum(p.units for p in self._queue), running)
+
+    def check_admission(self, deadline: float | None = None, units: int = 0) -> None:
+        """Raise what `submit` would raise at once for an item of `units` units (0: its own run unknown,
+        only the wait counts): BatcherClosedError, QueueFullError (count or predicted wait over budget),
+        DeadlineExceededError (deadline passed) or DeadlineUnmeetableError (before the predicted end)."""
         if self._closing:
             raise BatcherClosedError(f"{self.name} is shutting down")
         if len(self._queue) >= self.max_queue_size:
-            self.stats.rejected_queue_full += 1
+            self._drop("queue_full")
             raise QueueFullError(f"{self.name} queue is full ({self.max_queue_size} items waiting)")
-        now = time.monotonic()
-        if deadline is not None and deadline <= now:
-            self.stats.expired += 1
+        if self.max_queue_wait_s is None and deadline is None:
+            return
+        wait_s = self.predicted_wait_s()
+        if self.max_queue_wait_s is not None and wait_s > self.max_queue_wait_s:
+            self._drop("queue_wait")
+            raise QueueFullError(f"{self.name} predicted queue wait is {1e3 * wait_s:.0f} ms, over its "
+                                 f"{1e3 * self.max_queue_wait_s:.0f} ms budget ({len(self._queue)} items waiting)")
+        if deadline is None:
+            return
+        left_s = deadline - time.monotonic()
+        if left_s <= 0:
+            self._drop("expired")
             raise DeadlineExceededError("the deadline passed before the request was queued")
+        end_s = wait_s + self.predictor.run_s(units)
+        if end_s > left_s:
+            self._drop("deadline")
+            raise DeadlineUnmeetableError(f"{self.name} predicts {1e3 * end_s:.0f} ms to the answer ("
+                                          f"{1e3 * wait_s:.0f} ms queue wait); the deadline is "
+                                          f"{1e3 * left_s:.0f} ms away")
+
+    async def submit(self, item: T, deadline: float | None = None) -> R:
+        """The result of `item` from `run_batch`; raises its own exception, QueueFullError,
+        DeadlineExceededError (DeadlineUnmeetableError) or BatcherClosedError."""
         size = 0 if self._size_of is None else self._size_of(item)
-        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future(), deadline, now, size)
+        units = 1 if self._size_of is None else size
+        self.check_admission(deadline, units)
+        now = time.monotonic()
+        pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future(), deadline, now,
+                                           size, units)
         self._queue.append(pending)
         self._wakeup.set()
         try:
@@ -174,12 +243,24 @@ class DynamicBatcher(Generic[T, R]):
                 return await asyncio.shield(pending.future)
         except TimeoutError:
             if self._forget(pending):
-                self.stats.expired += 1
+                self._drop("expired")
             raise DeadlineExceededError("the deadline passed before the result was ready") from None
         except asyncio.CancelledError:
             if self._forget(pending):
                 self.stats.cancelled += 1
             raise
+
+    def _drop(self, reason: DropReason) -> None:
+        """Count an item that gets no run and tell the observer."""
+        if reason == "queue_full":
+            self.stats.rejected_queue_full += 1
+        elif reason == "queue_wait":
+            self.stats.rejected_queue_wait += 1
+        elif reason == "deadline":
+            self.stats.rejected_deadline += 1
+        else:
+            self.stats.expired += 1
+        self._notify(DropRecord(reason))
 
     def _forget(self, pending: _Pending[T, R]) -> bool:
         """Take a caller's item out of the queue (True) or mark a running one as abandoned (False)."""
@@ -210,6 +291,8 @@ class DynamicBatcher(Generic[T, R]):
                 if batch is None:
                     break
                 continue
+            # In flight from now on for the wait prediction (out of the queue, not yet in its thread).
+            self._running[id(batch)] = (self._clock(), sum(p.units for p in batch))
             task = asyncio.get_running_loop().create_task(self._run_guarded(batch))
             running.add(task)
             task.add_done_callback(running.discard)
@@ -224,6 +307,8 @@ class DynamicBatcher(Generic[T, R]):
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(e)
+        finally:
+            del self._running[id(batch)]
 
     async def _next_batch(self) -> list[_Pending[T, R]] | None:
         """Wait for a first item, then up to the delay for more; None when closed and drained."""
@@ -256,7 +341,7 @@ class DynamicBatcher(Generic[T, R]):
             if p.future.done():  # cancelled caller: no work for someone who left
                 continue
             if p.deadline is not None and p.deadline <= now:
-                self.stats.expired += 1
+                self._drop("expired")
                 p.future.set_exception(DeadlineExceededError("the deadline passed while it was queued"))
                 continue
             live.append(p)
@@ -324,6 +409,7 @@ class DynamicBatcher(Generic[T, R]):
         self.stats.batch_sizes[len(items)] += 1
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        clock_started = self._clock()
         failed = True
         try:
             results = await loop.run_in_executor(self._executor, self._run_batch, items)
@@ -332,9 +418,12 @@ class DynamicBatcher(Generic[T, R]):
             failed = False
             return results
         finally:
+            compute_s = self._clock() - clock_started
+            if not failed:  # a failed batch's time says nothing of the work (re-run one by one)
+                self.predictor.observe(compute_s, sum(p.units for p in batch))
             sizes = tuple(p.size for p in batch) if self._size_of is not None else ()
             self._record(BatchRecord(len(items), tuple(started - p.enqueued_at for p in batch),
-                                     time.monotonic() - started, failed, sizes))
+                                     compute_s, failed, sizes))
 
     def _record(self, record: BatchRecord) -> None:
         self.stats.queue_s_total += sum(record.queue_s)
@@ -342,6 +431,9 @@ class DynamicBatcher(Generic[T, R]):
         if record.sizes:
             self.stats.size_total += sum(record.sizes)
             self.stats.padded_size_total += len(record.sizes) * max(record.sizes)
+        self._notify(record)
+
+    def _notify(self, record: BatchRecord | DropRecord) -> None:
         if self.observer is not None:
             try:
                 self.observer(record)

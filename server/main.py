@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     p.add_argument("--max-queue-delay-ms", type=float, default=d.max_queue_delay_ms)
     p.add_argument("--max-queue-size", type=int, default=d.max_queue_size)
+    p.add_argument("--max-queue-wait-ms", type=float, default=d.max_queue_wait_ms,
+                   help="refuse (RESOURCE_EXHAUSTED) a Recognize / Diagnose / ModelInfer whose wait in the queue, "
+                        "predicted from measured run times, would exceed this; 0: count bound only "
+                        "(default %(default)s)")
     p.add_argument("--max-audio-s", type=float, default=d.max_audio_s, help="longest clip accepted")
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
     p.add_argument("--intra-op-threads", type=int, default=None,
@@ -87,7 +91,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         repo=args.repo if args.repo is not None else default_repo(), host=args.host, port=args.port,
         max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
-        max_queue_size=args.max_queue_size, max_audio_s=args.max_audio_s,
+        max_queue_size=args.max_queue_size, max_queue_wait_ms=args.max_queue_wait_ms or None,
+        max_audio_s=args.max_audio_s,
         max_message_bytes=args.max_message_bytes, intra_op_threads=args.intra_op_threads,
         provider=args.provider,
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port or None,

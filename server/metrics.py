@@ -7,6 +7,10 @@ What is measured (all names start with `nui_`):
   by the server interceptor (server/interceptors.py), health and reflection included;
 - queue_duration_seconds / compute_duration_seconds / batch_size {model,version}: every engine run of
   a batcher (fed by its `observer`, server/batcher.py BatchRecord), and queue_depth{model,version};
+- shed_requests_total{model,version,reason}: requests a batcher refused at admission (server/batcher.py
+  DropRecord): queue_full (--max-queue-size items waiting), queue_wait (predicted wait over
+  --max-queue-wait-ms), deadline (the caller's deadline falls before the predicted answer);
+- expired_requests_total{model,version}: requests dropped because their deadline passed before their run;
 - streams_in_flight{service}: open streams; a streaming servicer wraps each stream in `metrics.stream(...)`;
 - model_info{model,version,task,precision,engine} (1 while loaded) and model_load_seconds{model,version};
 - server_ready: 1 once every model is loaded and warmed up.
@@ -21,7 +25,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from server.batcher import BatchObserver, BatchRecord
+from server.batcher import BatchObserver, BatchRecord, DropRecord
 
 _LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -45,6 +49,10 @@ class ServerMetrics:
                                     buckets=_BATCH_BUCKETS, registry=r)
         self.failed_batches = Counter("nui_failed_batches", "batch runs that raised as a whole (then re-run "
                                       "one by one)", ["model", "version"], registry=r)
+        self.shed = Counter("nui_shed_requests", "requests refused at admission, by reason (queue_full, "
+                            "queue_wait, deadline)", ["model", "version", "reason"], registry=r)
+        self.expired = Counter("nui_expired_requests", "requests dropped because their deadline passed before "
+                               "their run", ["model", "version"], registry=r)
         self.queue_depth = Gauge("nui_queue_depth", "items waiting in the batcher queue", ["model", "version"],
                                  registry=r)
         self.streams = Gauge("nui_streams_in_flight", "open streaming RPCs", ["service"], registry=r)
@@ -58,13 +66,21 @@ class ServerMetrics:
         self._lock = threading.Lock()
 
     def observer(self, model: str, version: int) -> BatchObserver:
-        """A batcher observer feeding the queue, compute and batch-size metrics of one model version."""
+        """A batcher observer feeding the queue, compute, batch-size, shed and expired metrics of one model
+        version."""
         labels = (model, str(version))
         queue, compute, size = (self.queue_seconds.labels(*labels), self.compute_seconds.labels(*labels),
                                 self.batch_size.labels(*labels))
         failed = self.failed_batches.labels(*labels)
+        expired = self.expired.labels(*labels)
 
-        def observe(record: BatchRecord) -> None:
+        def observe(record: BatchRecord | DropRecord) -> None:
+            if isinstance(record, DropRecord):
+                if record.reason == "expired":
+                    expired.inc()
+                else:
+                    self.shed.labels(*labels, record.reason).inc()
+                return
             for wait_s in record.queue_s:
                 queue.observe(wait_s)
             compute.observe(record.compute_s)

@@ -77,6 +77,7 @@ class BatchSettings:
     warmup_timeout_s: float = 60.0
     retire_after_s: float = 5.0  # a retired version's batchers stay open this long for late lookups
     max_in_use_s: float = 300.0  # and at most this much longer while in use (open streams)
+    max_queue_wait_ms: float | None = None  # shed requests predicted to wait longer (server/admission.py)
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,17 @@ class TaskServing:
     stale: Callable[[Path, Any], bool] = lambda repo, served: False  # load again: a dependency changed
 
 
-def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor) -> DynamicBatcher[Any, Any]:
-    """The model's own items and KServe TensorRequests in one batcher (server/tensor_batch.py)."""
+def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor, *,
+                    wait_budget: bool = True) -> DynamicBatcher[Any, Any]:
+    """The model's own items and KServe TensorRequests in one batcher (server/tensor_batch.py);
+    `wait_budget`: shed beyond `s.max_queue_wait_ms` of predicted wait."""
     speech = isinstance(model, SpeechCTCModel)  # mixed-length clips: batches of similar lengths
     return DynamicBatcher(tensor_batching(model), s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size,
                           name=f"{model.name}-v{model.version}", observer=observer_for(model.name, model.version),
                           size_of=model.padded_size if speech else None,
                           max_padding_waste=model.max_padding_waste if speech else 1.0,
-                          max_concurrent_runs=model.auto_runs_at_once() if speech and _auto_threads(s) else 1)
+                          max_concurrent_runs=model.auto_runs_at_once() if speech and _auto_threads(s) else 1,
+                          max_queue_wait_ms=s.max_queue_wait_ms if wait_budget else None)
 
 
 def _auto_threads(s: BatchSettings) -> bool:
@@ -146,7 +150,8 @@ TASKS: dict[str, TaskServing] = {
         batchers=lambda served: [served.batcher], tensors=True, stale=_text_model_changed),
     STREAMING_TASK: TaskServing(
         load=lambda repo, name, v, s: load_streaming_model(repo, name, v, s.intra_op_threads, s.provider),
-        serve=lambda m, s, obs: ServedStreamingModel(m, _tensor_batcher(m, s, obs)),
+        # No wait budget: a refused chunk ends its stream; --max-streams bounds the streams' load instead.
+        serve=lambda m, s, obs: ServedStreamingModel(m, _tensor_batcher(m, s, obs, wait_budget=False)),
         warm_up=lambda served: _run_once(served, warmup_job(served.model)),
         batchers=lambda served: [served.batcher], tensors=True,  # one chunk, the client holding the state
         in_use=lambda served: served.open_streams > 0),

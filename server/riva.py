@@ -218,6 +218,7 @@ class RivaASRServicer:
         config = request.config
         check_config(config)
         served = resolve(self.offline, config.model, 0)
+        served.batcher.check_admission(deadline)  # shed before decoding: a refusal must cost next to nothing
         audio, rate_hz = request.audio, config.sample_rate_hertz
         if config.encoding in _CONTAINERS or audio[:4] == b"RIFF":
             encoding = AudioEncoding.AUTO

@@ -100,6 +100,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         deadline = None if time_remaining_s is None else time.monotonic() + time_remaining_s
         served = resolve(self._served, request.config.model, request.config.model_version)
         encoding, rate_hz, options = request_options(request.config)
+        served.batcher.check_admission(deadline)  # shed before decoding: a refusal must cost next to nothing
         utterance = await asyncio.to_thread(served.model.prepare, request.audio, encoding, rate_hz, options,
                                             self._limits, request_id)
         recognition = await served.batcher.submit(utterance, deadline=deadline)
