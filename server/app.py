@@ -1,5 +1,5 @@
-"""The gRPC server: every model of a repository behind `nui.v1.Speech` and `nui.v1.Diagnosis` (when the
-repository holds a diagnosis model), with health and reflection.
+"""The gRPC server: every model of a repository behind nui's APIs (`nui.v1.Speech`, `nui.v1.Diagnosis`,
+`nui.v1.Captioner`), KServe v2 / Triton and Riva ASR, with health and reflection.
 
     nui serve --repo model_repository --port 50051          # see server/main.py
     grpcurl -plaintext 127.0.0.1:50051 list                  # reflection
@@ -8,7 +8,10 @@ repository holds a diagnosis model), with health and reflection.
 Start-up loads every model version of every task through the model store (server/model_store.py: checksums
 verified, a mismatch fails start-up; every engine on the configured ONNX Runtime execution provider, a
 provider this onnxruntime build lacks fails start-up naming what it has), creates the batchers of each
-version, warms each up, and only then reports SERVING. SIGINT/SIGTERM: health goes
+version, warms each up, and only then reports SERVING. Every service is registered whatever the repository
+holds; a service's methods answer UNAVAILABLE and its health is NOT_SERVING while no model of theirs is
+loaded, so a model added later is served without a restart (server/availability.py). Reflection describes
+every service under its wire name (server/reflection.py). SIGINT/SIGTERM: health goes
 NOT_SERVING, new calls are refused, in-flight calls get `shutdown_grace_s` to finish, then the batchers
 drain. Binds 127.0.0.1 unless told otherwise; port 0 picks a free port (`SpeechServer.port`).
 """
@@ -25,11 +28,11 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from engines.engine import PROVIDERS, resolve_providers
 from proto import caption_pb2_grpc, diagnosis_pb2, diagnosis_pb2_grpc, speech_pb2, speech_pb2_grpc
 from server.audio import AudioLimits
+from server.availability import Availability, ModelGate, Needs
 from server.batcher import DynamicBatcher
 from server.caption_service import SERVICE as CAPTIONER_SERVICE
 from server.caption_service import CaptionServicer
@@ -42,7 +45,8 @@ from server.interceptors import ServingInterceptor
 from server.kserve import SERVICE_NAME as KSERVE_SERVICE
 from server.kserve import KServeLimits, KServeServicer, add_kserve_servicer_to_server
 from server.metrics import ServerMetrics
-from server.model_store import BatchSettings, Models, ModelStore, load_repository
+from server.model_store import TASKS, BatchSettings, Models, ModelStore, load_repository
+from server.reflection import enable_reflection
 from server.repository import describe
 from server.riva import RIVA_SERVICE, RivaASRServicer, add_riva_servicer
 from server.speech_ctc import TASK as SPEECH_TASK
@@ -194,44 +198,44 @@ def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
     return StreamingRecognizer(ctx.streaming, limits, ctx.streams, lambda: ctx.metrics.stream(service))
 
 
-# A service registration adds its servicer to the server when it has something to serve and returns the
-# full names of the services it added (health reports each, reflection lists each); [] when skipped.
-ServiceRegistration = Callable[[grpc.aio.Server, ServingContext], list[str]]
+# A service registration adds its servicer to the server, whatever models are loaded (grpc cannot add a
+# service to a running server), and returns {full service name: the models its methods need} (health
+# reports each service, reflection describes each, server/availability.py gates each method).
+ServiceRegistration = Callable[[grpc.aio.Server, ServingContext], dict[str, Needs]]
+_SPEECH_NEEDS = Needs({"Recognize": SPEECH_TASK, "StreamingRecognize": STREAMING_TASK})
 
 
-def _register_speech(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+def _register_speech(server: grpc.aio.Server, ctx: ServingContext) -> dict[str, Needs]:
     limits = AudioLimits(max_duration_s=ctx.config.max_audio_s)
     servicer = StreamingSpeechServicer(ctx.speech, limits, _streaming(ctx, SPEECH_SERVICE))
     speech_pb2_grpc.add_SpeechServicer_to_server(servicer, server)
-    return [SPEECH_SERVICE]
+    return {SPEECH_SERVICE: _SPEECH_NEEDS}
 
 
-def _register_riva(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+def _register_riva(server: grpc.aio.Server, ctx: ServingContext) -> dict[str, Needs]:
     limits = AudioLimits(max_duration_s=ctx.config.max_audio_s)
-    return [add_riva_servicer(RivaASRServicer(ctx.speech, limits, _streaming(ctx, RIVA_SERVICE)), server)]
+    servicer = RivaASRServicer(ctx.speech, limits, _streaming(ctx, RIVA_SERVICE))
+    return {add_riva_servicer(servicer, server): _SPEECH_NEEDS}  # GetRivaSpeechRecognitionConfig: any time
 
 
-def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
-    if not ctx.diagnosis:
-        return []
+def _register_diagnosis(server: grpc.aio.Server, ctx: ServingContext) -> dict[str, Needs]:
     diagnosis_pb2_grpc.add_DiagnosisServicer_to_server(DiagnosisServicer(ctx.diagnosis), server)
-    return [DIAGNOSIS_SERVICE]
+    return {DIAGNOSIS_SERVICE: Needs({"Diagnose": DIAGNOSIS_TASK})}
 
 
-def _register_kserve(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
+def _register_kserve(server: grpc.aio.Server, ctx: ServingContext) -> dict[str, Needs]:
     c = ctx.config
     limits = KServeLimits(c.max_batch_size, c.max_queue_delay_ms, elements_limit(c.max_message_bytes))
     servicer = KServeServicer(ctx.store.served, limits, lambda: ctx.ready, ctx.store, _version(),
                               tensor_models=ctx.store.tensor_served)
     add_kserve_servicer_to_server(servicer, server)
-    return [KSERVE_SERVICE]
+    # Its methods name their model (NOT_FOUND when it is not loaded); SERVING while any model is.
+    return {KSERVE_SERVICE: Needs({}, serving_tasks=tuple(TASKS))}
 
 
-def _register_captioner(server: grpc.aio.Server, ctx: ServingContext) -> list[str]:
-    if not ctx.captioner:
-        return []
+def _register_captioner(server: grpc.aio.Server, ctx: ServingContext) -> dict[str, Needs]:
     caption_pb2_grpc.add_CaptionerServicer_to_server(CaptionServicer(ctx.captioner, ImageLimits()), server)
-    return [CAPTIONER_SERVICE]
+    return {CAPTIONER_SERVICE: Needs({"Caption": CAPTIONER_TASK})}
 
 
 def _version() -> str:
@@ -266,7 +270,13 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         preloaded = await asyncio.to_thread(load_repository, config.repo, intra_op_threads=config.intra_op_threads,
                                             provider=config.provider)
     metrics = ServerMetrics()
-    server = grpc.aio.server(interceptors=[ServingInterceptor(metrics, config.auth_token)],
+    store = ModelStore(config.repo, BatchSettings(
+        config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
+        config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s,
+        max_queue_wait_ms=config.max_queue_wait_ms), metrics)
+    store.add_loaded(preloaded)
+    availability = Availability(config.repo, config.poll_repository_s, store.tables)
+    server = grpc.aio.server(interceptors=[ServingInterceptor(metrics, config.auth_token), ModelGate(availability)],
                              options=_channel_options(config))
     address = host_port(config.host, config.port)
     try:
@@ -276,19 +286,16 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         else:
             port = server.add_insecure_port(address)
     except RuntimeError as e:
+        await store.close()
         raise OSError(f"cannot listen on {address}: {e}") from e
-    store = ModelStore(config.repo, BatchSettings(
-        config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
-        config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s,
-        max_queue_wait_ms=config.max_queue_wait_ms), metrics)
-    store.add_loaded(preloaded)
     ctx = ServingContext(config, metrics=metrics, store=store, streams=StreamTracker(config.max_streams))
-    model_services = [name for register in SERVICES for name in register(server, ctx)]
+    for register in SERVICES:
+        for service, needs in register(server, ctx).items():
+            availability.add(service, needs)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = [*model_services, health.SERVICE_NAME, reflection.SERVICE_NAME]
-    reflection.enable_server_reflection(services, server)
-    for service in ("", *model_services):
+    enable_reflection([*availability.services, health.SERVICE_NAME], server)
+    for service in ("", *availability.services):
         await health_servicer.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
     await server.start()
     running = SpeechServer(server, config.host, port, ctx.speech, health_servicer, ctx.diagnosis, store, metrics)
@@ -303,17 +310,14 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
         raise
     ctx.ready = True
     metrics.ready.set(1)
-    for service in ("", *model_services):
-        await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
 
-    async def sync_health() -> None:  # after a load/unload: a service left with no model is NOT_SERVING
-        for service, has_models in ((SPEECH_SERVICE, bool(ctx.speech or ctx.streaming)),
-                                    (DIAGNOSIS_SERVICE, bool(ctx.diagnosis)), (KSERVE_SERVICE, bool(store.served())),
-                                    (CAPTIONER_SERVICE, bool(ctx.captioner))):
-            if service in model_services:
-                await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING if has_models
-                                          else health_pb2.HealthCheckResponse.NOT_SERVING)
+    async def sync_health() -> None:  # at start-up and after every load/unload (the store's on_change)
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        for service in availability.services:
+            await health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING if availability.serving(service)
+                                      else health_pb2.HealthCheckResponse.NOT_SERVING)
 
+    await sync_health()
     store.on_change = sync_health
     if config.poll_repository_s > 0:
         running.background.append(asyncio.get_running_loop().create_task(

@@ -18,8 +18,8 @@ engine runs. Inputs come as `raw_input_contents` or typed `contents`; outputs al
 `raw_output_contents`. Wrong names, dtypes, shapes or sizes: INVALID_ARGUMENT naming the input.
 Unknown model or version: NOT_FOUND. Queue full, deadline, shutdown: as everywhere (server/errors.py).
 
-The messages are proto/kserve.proto (package nui.kserve, wire-identical to Triton's); the handlers are
-registered here under the protocol's service name.
+The messages and the service are proto/kserve.proto (package nui.kserve, wire-identical to Triton's), served
+under the protocol's service name (server/wire.py).
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ from proto import kserve_pb2 as pb
 from server.batcher import DynamicBatcher
 from server.errors import RequestError, checked_request_id, invalid_argument, not_found, status_of
 from server.tensor_batch import TensorOutputs, check_request
+from server.wire import add_servicer, wire_name
 
 logger = logging.getLogger(__name__)
 
-SERVICE_NAME = "inference.GRPCInferenceService"
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+SERVICE_NAME = wire_name(SERVICE)  # "inference.GRPCInferenceService"
 SERVER_NAME = "nui"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["model_configuration", "statistics", "model_repository", "model_repository(unload_dependents)"]
@@ -400,29 +402,6 @@ async def _answer(answer: Callable[[], Awaitable[Any]], context: grpc.aio.Servic
     raise AssertionError("context.abort returned")
 
 
-_METHODS: dict[str, tuple[Any, Any]] = {
-    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
-    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
-    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
-    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
-    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
-    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
-    "RepositoryIndex": (pb.RepositoryIndexRequest, pb.RepositoryIndexResponse),
-    "RepositoryModelLoad": (pb.RepositoryModelLoadRequest, pb.RepositoryModelLoadResponse),
-    "RepositoryModelUnload": (pb.RepositoryModelUnloadRequest, pb.RepositoryModelUnloadResponse),
-}
-
-
 def add_kserve_servicer_to_server(servicer: KServeServicer, server: grpc.aio.Server) -> None:
-    """Register every method under the protocol's service name (what generated code would do)."""
-    handlers = {
-        method: grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method), request_deserializer=req.FromString,
-            response_serializer=resp.SerializeToString)
-        for method, (req, resp) in _METHODS.items()}
-    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
-        response_serializer=pb.ModelStreamInferResponse.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    """Register every method of proto/kserve.proto's service under the protocol's service name."""
+    add_servicer(SERVICE, servicer, server)

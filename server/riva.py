@@ -14,7 +14,8 @@
 `Recognize` runs the offline models (`config.model` "" = speech_ctc) through their dynamic batcher;
 `StreamingRecognize` runs the streaming models (`config.model` "" = speech_ctc_streaming) through
 `server.streaming_service.StreamingRecognizer`; `GetRivaSpeechRecognitionConfig` lists both kinds.
-Messages are nui's wire-compatible copy (proto/riva_asr.proto), served under Riva's service path.
+Messages are nui's wire-compatible copy (proto/riva_asr.proto), served under Riva's service path
+(server/wire.py).
 
 Riva config fields, as nui honours them:
 - language_code: "en-US" (or empty); anything else is INVALID_ARGUMENT (the models are English).
@@ -50,10 +51,12 @@ from server.speech_ctc import DecodeOptions, Hypothesis
 from server.speech_service import ServedModel
 from server.streaming import RecognitionStream, StreamOptions, StreamResult
 from server.streaming_service import StreamingRecognizer, StreamProtocol, StreamStart, failed_precondition
+from server.wire import add_servicer, wire_name
 
 logger = logging.getLogger(__name__)
 
-RIVA_SERVICE = "nvidia.riva.asr.RivaSpeechRecognition"
+SERVICE = rasr.DESCRIPTOR.services_by_name["RivaSpeechRecognition"]
+RIVA_SERVICE = wire_name(SERVICE)  # "nvidia.riva.asr.RivaSpeechRecognition"
 LANGUAGES = ("en-US",)
 _CONTAINERS = (rasr.ENCODING_UNSPECIFIED, rasr.FLAC)
 
@@ -269,17 +272,4 @@ class RivaASRServicer:
 
 def add_riva_servicer(servicer: RivaASRServicer, server: grpc.aio.Server) -> str:
     """Serve `servicer` under Riva's service path; returns the service name (for health)."""
-    handlers = {
-        "Recognize": grpc.unary_unary_rpc_method_handler(
-            servicer.Recognize, request_deserializer=rasr.RecognizeRequest.FromString,
-            response_serializer=rasr.RecognizeResponse.SerializeToString),
-        "StreamingRecognize": grpc.stream_stream_rpc_method_handler(
-            servicer.StreamingRecognize, request_deserializer=rasr.StreamingRecognizeRequest.FromString,
-            response_serializer=rasr.StreamingRecognizeResponse.SerializeToString),
-        "GetRivaSpeechRecognitionConfig": grpc.unary_unary_rpc_method_handler(
-            servicer.GetRivaSpeechRecognitionConfig,
-            request_deserializer=rasr.RivaSpeechRecognitionConfigRequest.FromString,
-            response_serializer=rasr.RivaSpeechRecognitionConfigResponse.SerializeToString),
-    }
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(RIVA_SERVICE, handlers),))
-    return RIVA_SERVICE
+    return add_servicer(SERVICE, servicer, server)

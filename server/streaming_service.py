@@ -80,7 +80,8 @@ class StreamingRecognizer:
 
     def resolve(self, model: str, version: int) -> ServedStreamingModel:
         if not self.served:
-            raise failed_precondition(
+            raise RequestError(
+                grpc.StatusCode.UNAVAILABLE,  # as server/availability.py answers before a call gets here
                 "no streaming speech model is loaded on this server; export a unidirectional checkpoint "
                 "(e.g. the small-streaming preset) with `nui export speech` into the repository, as model "
                 f"{DEFAULT_MODEL!r}")

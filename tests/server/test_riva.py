@@ -155,4 +155,4 @@ async def test_what_nui_cannot_honour_is_refused_with_the_field(start: StartServ
 
     with pytest.raises(grpc.RpcError) as e:
         await asyncio.to_thread(stream_without_model)
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "streaming" in e.value.details()
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE and "streaming" in e.value.details()
