@@ -104,7 +104,7 @@ def _message(error: Exception, server: str | None) -> str:
         return getattr(error, "message", None) or str(error)
     if isinstance(error, grpc.Call):
         if error.code() == grpc.StatusCode.UNAVAILABLE:
-            return f"cannot reach a caption server at {server} ({error.details()})"
+            return f"the caption server at {server} is unavailable: {error.details()}"
         return f"server {server} answered {error.code().name}: {error.details()}"
     return f"{type(error).__name__}: {error}"
 

@@ -113,7 +113,7 @@ def _rpc_message(e: grpc.RpcError, server: str) -> str:
     code = e.code() if isinstance(e, grpc.Call) else None
     details = e.details() if isinstance(e, grpc.Call) else str(e)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return f"cannot reach a speech server at {server} ({details})"
+        return f"the speech server at {server} is unavailable: {details}"
     name = code.name if code is not None else "UNKNOWN"
     return f"server {server} answered {name}: {details}"
 

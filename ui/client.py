@@ -45,7 +45,7 @@ def _readable(e: grpc.RpcError, what: str) -> NuiError:
     code = e.code() if hasattr(e, "code") else grpc.StatusCode.UNKNOWN
     details = (e.details() if hasattr(e, "details") else "") or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        return NuiError(code.name, f"{what}: the server is not reachable or is shutting down ({details})")
+        return NuiError(code.name, f"{what}: the server is unavailable: {details}")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return NuiError(code.name, f"{what}: the server did not answer in time")
     if code == grpc.StatusCode.UNIMPLEMENTED:

@@ -69,8 +69,7 @@ def test_unreachable_server(wavs: list[Path], capsys: pytest.CaptureFixture[str]
         port = s.getsockname()[1]
     assert main([str(wavs[0]), "--server", f"127.0.0.1:{port}", "--timeout-s", "5"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith(f"nui transcribe: error: {wavs[0]}: cannot reach a speech server at "
-                          f"127.0.0.1:{port}")
+    assert err.startswith(f"nui transcribe: error: {wavs[0]}: the speech server at 127.0.0.1:{port} is unavailable: ")
     assert "Traceback" not in err
 
 
