@@ -8,7 +8,8 @@ Graphs (dynamic batch; the image side is fixed by the config, the server resizes
   decoder_step.onnx  tokens int64 [batch], state [batch, S], memory [batch, N, D], keys [batch, N, A]
                      -> log_probs float32 [batch, V], state_out [batch, S]
 With a `DomainHead` (the out-of-domain check, models/caption_domain.py) the encoder also gives
-  domain_score [batch]         RMS Mahalanobis distance of the pooled features to the training scenes'
+  domain_score [batch]         RMS Mahalanobis distance of the (L2-normalised) pooled features to the
+                               training scenes'
   label_probs [batch, 1000]    the pretrained encoder's own ImageNet classifier (frozen encoders only)
 and the manifest's `extras["domain"]` records the threshold (a quantile of the dev split's scores), the
 fallback policy, the ImageNet class names and how the statistics were fitted.
@@ -45,7 +46,15 @@ from engines.export_speech import ParityError
 from engines.manifest import Manifest, TensorSpec, file_digests, staged_version, write_manifest
 from engines.onnx_weights import weights_to_fp16
 from models.caption_beam import StepFn, greedy_search
-from models.caption_domain import DomainPolicy, DomainStats, dev_threshold, domain_scores, fit_domain, judge
+from models.caption_domain import (
+    NORM_EPS,
+    DomainPolicy,
+    DomainStats,
+    dev_threshold,
+    domain_scores,
+    fit_domain,
+    judge,
+)
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
 from models.captioner import Captioner, CaptionerConfig, imagenet_labels, load_imagenet_classifier
 
@@ -112,12 +121,14 @@ class _Encoder(nn.Module):
         self.model = model
         self.has_domain = domain is not None
         self.has_classifier = domain is not None and domain.classifier is not None
+        self.l2_normalize = False
         if domain is not None:
             st = domain.stats
             self.register_buffer("domain_mean", torch.from_numpy(st.mean).float())
             self.register_buffer("domain_components", torch.from_numpy(st.components).float())  # (K, C)
             self.register_buffer("domain_inv_var", torch.from_numpy(1.0 / st.variances).float())
             self.inv_residual_var, self.dim = 1.0 / st.residual_variance, float(st.dim)
+            self.l2_normalize = st.l2_normalize
         if domain is not None and domain.classifier is not None:
             self.register_buffer("classifier_weight_t", domain.classifier[0].t().contiguous())  # (C, K)
             self.register_buffer("classifier_bias", domain.classifier[1].clone())
@@ -128,7 +139,8 @@ class _Encoder(nn.Module):
         if not self.has_domain:
             return out
         pooled = feature_map.mean(dim=(2, 3))  # (B, C): what the ImageNet classifier reads
-        d = pooled - self.domain_mean
+        x = pooled / pooled.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS) if self.l2_normalize else pooled
+        d = x - self.domain_mean
         proj = F.linear(d, self.domain_components)  # (B, K); Gemm with transB: the (K, C) tensor is stored once
         # what lies off the K directions, as a vector: |d|^2 - |proj|^2 would cancel catastrophically in FP32
         off = d - proj @ self.domain_components  # (B, C)
@@ -149,12 +161,12 @@ def pooled_features(model: Captioner, batches: Iterable[np.ndarray]) -> np.ndarr
 
 
 def build_domain_head(model: Captioner, train_features: np.ndarray, dev_features: np.ndarray, *,
-                      quantile: float = 0.99, components: int = 256, label_threshold: float | None = None
-                      ) -> DomainHead:
-    """Fit the PPCA statistics on training features, set the threshold at `quantile` of the dev features'
-    scores; the ImageNet classifier joins when the encoder is the frozen pretrained one (a fine-tuned or
-    random encoder's features no longer match it)."""
-    stats = fit_domain(train_features, components)
+                      quantile: float = 0.99, components: int = 256, label_threshold: float | None = None,
+                      l2_normalize: bool = True) -> DomainHead:
+    """Fit the PPCA statistics on training features (L2-normalised by default, models/caption_domain.py),
+    set the threshold at `quantile` of the dev features' scores; the ImageNet classifier joins when the
+    encoder is the frozen pretrained one (a fine-tuned or random encoder's features no longer match it)."""
+    stats = fit_domain(train_features, components, l2_normalize)
     dev_scores = domain_scores(dev_features, stats)
     threshold = dev_threshold(dev_scores, quantile)
     classifier: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -165,7 +177,7 @@ def build_domain_head(model: Captioner, train_features: np.ndarray, dev_features
         DomainPolicy(threshold, label_threshold, labels)
     train_scores = domain_scores(train_features, stats)
     fit = {"train_images": len(train_features), "dev_images": len(dev_features), "quantile": quantile,
-           "components": int(stats.components.shape[0]), "feature_dim": stats.dim,
+           "components": int(stats.components.shape[0]), "feature_dim": stats.dim, "l2_normalize": l2_normalize,
            "train_flagged": float(np.mean(train_scores > threshold)),
            "dev_flagged": float(np.mean(dev_scores > threshold)),
            "dev_score_median": float(np.median(dev_scores)), "dev_score_max": float(dev_scores.max())}

@@ -81,7 +81,8 @@ def domain_tensors(domain: Any) -> dict[str, torch.Tensor]:
     st = domain.stats
     out = {"domain.mean": torch.from_numpy(st.mean), "domain.components": torch.from_numpy(st.components),
            "domain.variances": torch.from_numpy(st.variances),
-           "domain.residual_variance": torch.tensor(st.residual_variance, dtype=torch.float64)}
+           "domain.residual_variance": torch.tensor(st.residual_variance, dtype=torch.float64),
+           "domain.l2_normalize": torch.tensor(st.l2_normalize)}
     if domain.classifier is not None:
         out["domain.classifier_weight"], out["domain.classifier_bias"] = domain.classifier
     return out
@@ -95,7 +96,8 @@ def domain_from_tensors(extra: dict[str, torch.Tensor], extras: dict[str, Any]) 
     from models.caption_domain import DomainPolicy, DomainStats
 
     stats = DomainStats(extra["domain.mean"].numpy(), extra["domain.components"].numpy(),
-                        extra["domain.variances"].numpy(), float(extra["domain.residual_variance"]))
+                        extra["domain.variances"].numpy(), float(extra["domain.residual_variance"]),
+                        bool(extra["domain.l2_normalize"]) if "domain.l2_normalize" in extra else False)
     classifier = ((extra["domain.classifier_weight"], extra["domain.classifier_bias"])
                   if "domain.classifier_weight" in extra else None)
     return DomainHead(stats, DomainPolicy.from_dict(extras["domain"]), classifier, extras["domain"].get("fit", {}))

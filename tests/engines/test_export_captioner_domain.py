@@ -43,6 +43,7 @@ def test_domain_outputs_match_the_numpy_reference(tmp_path: Path, tiny_captioner
     assert spec["score_output"] == "domain_score" and spec["probs_output"] == "label_probs"
     assert DomainPolicy.from_dict(spec) == head.policy and spec["labels"] == ["ostrich", "tench", "goldfish"]
     assert spec["fit"]["train_images"] == 120 and spec["fit"]["dev_images"] == 40 and spec["fit"]["components"] == 8
+    assert head.stats.l2_normalize and spec["fit"]["l2_normalize"]  # the graph scores unit-length features
     parity = manifest.parity
     assert parity["passed"] and parity["verdict_flips"] == 0
     assert parity["max_domain_score_rel_diff"] <= parity["atol"] and parity["max_label_prob_diff"] <= parity["atol"]

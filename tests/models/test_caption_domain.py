@@ -55,6 +55,27 @@ def test_numpy_reference_matches_a_full_mahalanobis_when_every_direction_is_kept
     np.testing.assert_allclose(domain_scores(x[:5], stats), full, rtol=1e-4)
 
 
+def test_l2_normalized_scores_ignore_the_feature_norm_and_see_the_direction() -> None:
+    """Training-like features whose norm varies 10x: the spread inflates the raw PPCA's variances, so a
+    vector pointing elsewhere (at a training-like norm) hides inside it; the normalised score, which does
+    not change with the norm, flags it."""
+    rng = np.random.default_rng(5)
+    x = _gaussian(4000, 0)
+    scales = np.exp(rng.uniform(np.log(0.3), np.log(3.0), (len(x), 1)))
+    train, dev = x[:3000] * scales[:3000], x[3000:] * scales[3000:]
+    raw, unit = fit_domain(train, components=8), fit_domain(train, components=8, l2_normalize=True)
+    assert unit.l2_normalize and not raw.l2_normalize
+    base = _gaussian(1, 9)
+    np.testing.assert_allclose(domain_scores(np.r_[base, 3 * base, base / 4], unit), domain_scores(base, unit)[0],
+                               rtol=1e-9)
+    t_raw, t_unit = dev_threshold(domain_scores(dev, raw)), dev_threshold(domain_scores(dev, unit))
+    # another direction: the weak directions swapped for a fresh random pattern, norm as in training
+    other = np.abs(np.random.default_rng(11).normal(size=40)) * 1.2
+    other *= np.median(np.linalg.norm(train, axis=1)) / np.linalg.norm(other)
+    assert domain_scores(other[None], unit)[0] > t_unit and domain_scores(other[None], raw)[0] <= t_raw
+    assert round(float(t_unit), 2) == 1.75  # regression value
+
+
 def test_fit_refuses_too_few_samples() -> None:
     with pytest.raises(ValueError, match="N >= 3"):
         fit_domain(np.zeros((2, 5)))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from models.caption_text import EOS
@@ -133,10 +134,13 @@ def test_two_process_training_and_eval(tmp_path: Path, scenes: Path) -> None:
     assert (run / "curves.png").stat().st_size > 1000
 
     out = tmp_path / "eval" / "test.json"
+    photo_dir = tmp_path / "my_photos"
+    photo_dir.mkdir()
+    Image.fromarray(np.full((40, 60, 3), 90, np.uint8)).save(photo_dir / "grey.png")
     assert evaluate.main(["--checkpoint", str(run), "--data", str(scenes), "--split", "test", "--out", str(out),
-                          "--beam-size", "2", "--photos"]) == 0
+                          "--beam-size", "2", "--photos", "--photo-dir", str(photo_dir)]) == 0
     result = json.loads(out.read_text())
     assert set(result["metrics"]) == {"greedy", "beam2"} and result["images"] == 4
     assert 0.0 <= result["metrics"]["greedy"]["object_recall"] <= 1.0 and result["metrics"]["beam2"]["scenes"] == 4
-    assert len(result["captions"]["beam2"]) == 4 and set(result["photos"]["1"]) >= {"coffee", "astronaut"}
+    assert len(result["captions"]["beam2"]) == 4 and set(result["photos"]["1"]) >= {"coffee", "astronaut", "grey.png"}
     assert out.with_suffix(".png").is_file() and (out.parent / "test_photos.png").is_file()

@@ -1,14 +1,16 @@
 """`nui eval captioner`: caption a split (greedy and beam search) and score it with BLEU-4 and CIDEr.
 
     nui eval captioner --checkpoint runs/captioner_small --data data/captions --split test \
-        --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos] [--domain-repo model_repository]
+        --out docs/captioner/eval_test.json [--beam-size 3] [--limit N] [--photos [--photo-dir DIR ...]] \
+        [--domain-repo model_repository]
 
 Writes the JSON (metrics per decoder, every hypothesis with its references; on `nui data captions`
 scenes also how often the caption names each object and the background) and `<out stem>.png`, a grid
 of sample images with their greedy caption. `--photos` also captions scikit-image's real photographs
 (coffee, astronaut, chelsea the cat, rocket, ...), which the model has never seen, into the JSON and
-`<out stem>_photos.png`. Beam search is models/caption_beam.py (what the server runs) over the torch
-decoder step.
+`<out stem>_photos.png`; `--photo-dir` adds every JPEG/PNG/WebP of those folders (the model card's
+tuning photos, which are not scikit-image's). Beam search is models/caption_beam.py (what the server
+runs) over the torch decoder step.
 
 The out-of-domain check is the server's: the encoder graph of the model-repository version exported from
 this very checkpoint (matched by the checkpoint's sha256, under --domain-repo) scores every image, and
@@ -24,6 +26,7 @@ import argparse
 import json
 import logging
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,7 @@ from engines.engine import Engine, load_engine
 from engines.manifest import sha256_file
 from models.caption_beam import SearchOptions, beam_search
 from models.caption_domain import DomainPolicy, DomainVerdict, judge
+from models.caption_image import to_pixels
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
 from models.captioner import Captioner
 from training.captioner.coco import CaptionedImage, read_coco
@@ -43,6 +47,7 @@ from training.captioner.model_io import load_model
 from training.captioner.sources import backgrounds
 
 logger = logging.getLogger(__name__)
+PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "colorwheel", "logo")
 
@@ -115,8 +120,9 @@ def sample_grid(path: Path, images: list[np.ndarray], titles: list[str], cols: i
     plt.close(fig)
 
 
-def photo_images(size_px: int) -> dict[str, torch.Tensor]:
-    """scikit-image's bundled photographs as model inputs (grey ones replicated to RGB)."""
+def photo_images(size_px: int, folders: Sequence[Path] = ()) -> dict[str, torch.Tensor]:
+    """scikit-image's bundled photographs (grey ones replicated to RGB), then every image file in `folders`
+    (keyed by file name), as model inputs: to_pixels, the server's resize."""
     import skimage.data
     from PIL import Image
 
@@ -125,8 +131,14 @@ def photo_images(size_px: int) -> dict[str, torch.Tensor]:
         arr = np.asarray(getattr(skimage.data, name)())
         if arr.ndim == 2:
             arr = np.repeat(arr[..., None], 3, axis=2)
-        rgb = Image.fromarray(arr[..., :3].astype(np.uint8)).resize((size_px, size_px), Image.Resampling.BILINEAR)
-        out[name] = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        out[name] = torch.from_numpy(to_pixels(Image.fromarray(arr[..., :3].astype(np.uint8)), size_px))
+    for folder in folders:
+        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+        if not files:
+            raise ValueError(f"--photo-dir {folder}: no {'/'.join(PHOTO_SUFFIXES)} files")
+        for f in files:
+            with Image.open(f) as im:
+                out[f.name] = torch.from_numpy(to_pixels(im, size_px))
     return out
 
 
@@ -171,7 +183,8 @@ def checked(hyps: list[str], verdicts: list[DomainVerdict] | None) -> list[str]:
 
 
 def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], beam_sizes: list[int], photos: bool,
-             domain_repo: Path | None = None) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
+             domain_repo: Path | None = None, photo_dirs: Sequence[Path] = ()
+             ) -> tuple[dict[str, Any], torch.Tensor, list[str]]:
     model, tokenizer, weights = load_model(checkpoint)
     version = find_domain_version(domain_repo, weights) if domain_repo is not None else None
     if domain_repo is not None and version is None:
@@ -209,7 +222,7 @@ def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], bea
     result["references"] = refs
     result["files"] = [str(it.path) for it in items]
     if photos:
-        pics = photo_images(model.cfg.image_size_px)
+        pics = photo_images(model.cfg.image_size_px, photo_dirs)
         batch = torch.stack(list(pics.values()))
         photo_verdicts = domain(batch) if domain is not None else None
         raw_photos = {b: decode(model, tokenizer, batch, b) for b in beam_sizes}
@@ -234,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=0, help="first N images of the split (0 = all)")
     p.add_argument("--grid", type=int, default=16, help="sample images in the PNG grid")
     p.add_argument("--photos", action="store_true", help="also caption scikit-image's real photographs")
+    p.add_argument("--photo-dir", type=Path, nargs="+", default=[],
+                   help="with --photos: also caption the images in these folders")
     p.add_argument("--domain-repo", type=Path, default=Path("model_repository"),
                    help="model repository holding the version exported from this checkpoint (its domain check)")
     p.add_argument("--no-domain-check", action="store_true", help="score the decoder's captions only")
@@ -245,12 +260,14 @@ def main(argv: list[str] | None = None) -> int:
         items = read_coco(coco_json)
         if args.beam_size < 1:
             raise ValueError("--beam-size must be >= 1")
+        if args.photo_dir and not args.photos:
+            raise ValueError("--photo-dir needs --photos")
     except ValueError as e:
         p.error(str(e))
     items = items[: args.limit] if args.limit else items
     beams = [1] if args.beam_size == 1 else [1, args.beam_size]
     result, images, greedy = evaluate(args.checkpoint, coco_json, items, beams, args.photos,
-                                      None if args.no_domain_check else args.domain_repo)
+                                      None if args.no_domain_check else args.domain_repo, args.photo_dir)
     result["split"] = args.split
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     sample_grid(args.out.with_suffix(".png"), [images[i].permute(1, 2, 0).numpy() for i in range(n)],
                 [f"{greedy[i]}\n(ref: {items[i].captions[0]})" for i in range(n)])
     if args.photos:
-        pics = photo_images(224)
+        pics = photo_images(224, args.photo_dir)
         titles = [f"{k}: {result['photos'][1][k]}" for k in pics]
         grid = [t.permute(1, 2, 0).numpy() for t in pics.values()]
         sample_grid(args.out.with_name(args.out.stem + "_photos.png"), grid, titles)
