@@ -7,22 +7,26 @@ rejects on `default_timeout_microseconds` and CoDel / Envoy's adaptive concurren
 rather than queue length. The prediction is deliberately simple, from measured service times only:
 
     s_per_unit  = EWMA over engine runs of  run seconds / units run    (alpha 0.2)
-    wait_s      = (queued units * s_per_unit + sum over running batches of max(0, predicted - elapsed))
-                  / runs at once
+    a run slot is free after  max(0, units * s_per_unit - elapsed)  for each batch running, 0 when idle;
+    the queued items, oldest first, each take the slot free soonest for  units * s_per_unit;
+    wait_s      = when the soonest slot is free after that
 
 where a unit is one item, or with the batcher's `size_of` one unit of an item's size (a sample of audio),
-so a 10 s clip counts ten times a 1 s one. The measured run time includes the padding and the per-run
-overhead of the batches actually formed, so the estimate follows the batch sizes the load produces.
-Before the first run there is nothing to predict from: the wait is 0 (admit).
+so a 10 s clip counts ten times a 1 s one, and the slots are the batcher's `max_concurrent_runs`. The
+measured run time includes the padding and the per-run overhead of the batches actually formed, so the
+estimate follows the batch sizes the load produces (queued items that will share a batch are counted one
+after the other, the same work in all). Before the first run there is nothing to predict from: the wait
+is 0 (admit).
 
     predictor = WaitPredictor(runs_at_once=2)
     predictor.observe(run_s=0.12, units=32000)
-    predictor.wait_s(queued_units=64000, running=[(0.05, 32000)])  # -> (0.24 + 0.07) / 2 = 0.155
+    predictor.wait_s(queued=[32000, 16000], running=[(0.05, 32000)])
+    # slots free after [0.07, 0]; 32000 units -> [0.07, 0.12]; 16000 -> [0.13, 0.12]: waits 0.12 s
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -51,10 +55,14 @@ class WaitPredictor:
         """Predicted run time of `units` units (0 before the first run)."""
         return 0.0 if self.s_per_unit is None else units * self.s_per_unit
 
-    def wait_s(self, queued_units: int, running: Iterable[tuple[float, int]]) -> float:
-        """Predicted wait of an item queued behind `queued_units` units while batches run, each given as
-        (seconds it has run, its units)."""
+    def wait_s(self, queued: Sequence[int], running: Iterable[tuple[float, int]]) -> float:
+        """Predicted wait of an item queued behind items of `queued` units (oldest first) while batches
+        run, each given as (seconds it has run, its units)."""
         if self.s_per_unit is None:
             return 0.0
-        left_s = sum(max(0.0, self.run_s(units) - elapsed_s) for elapsed_s, units in running)
-        return (self.run_s(queued_units) + left_s) / self.runs_at_once
+        free_s = [max(0.0, self.run_s(units) - elapsed_s) for elapsed_s, units in running]
+        free_s += [0.0] * (self.runs_at_once - len(free_s))  # idle slots
+        for units in queued:
+            soonest = min(range(len(free_s)), key=free_s.__getitem__)
+            free_s[soonest] += self.run_s(units)
+        return min(free_s)

@@ -71,7 +71,7 @@ class ServerConfig:
     max_batch_size: int = 16
     max_queue_delay_ms: float = 5.0  # how long a batch waits for more items after its first
     max_queue_size: int = 256  # per model version; beyond it calls fail with RESOURCE_EXHAUSTED
-    max_queue_wait_ms: float | None = 50.0  # so do calls predicted to wait longer (speech, diagnosis); None: off
+    max_queue_wait_ms: float | None = 25.0  # so do calls predicted to wait longer (speech, diagnosis); None: off
     max_audio_s: float = 60.0
     max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
     intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4

@@ -194,7 +194,7 @@ class DynamicBatcher(Generic[T, R]):
         """How long an item submitted now is predicted to wait before its run starts."""
         now = self._clock()
         running = [(now - started, units) for started, units in self._running.values()]
-        return self.predictor.wait_s(sum(p.units for p in self._queue), running)
+        return self.predictor.wait_s([p.units for p in self._queue], running)
 
     def check_admission(self, deadline: float | None = None, units: int = 0) -> None:
         """Raise what `submit` would raise at once for an item of `units` units (0: its own run unknown,

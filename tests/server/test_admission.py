@@ -35,7 +35,7 @@ from tests.server.helpers import wait_until, wrap_models
 
 def test_predictor_is_an_ewma_of_seconds_per_unit() -> None:
     p = WaitPredictor(runs_at_once=1, alpha=0.5)
-    assert p.wait_s(1000, [(0.0, 10)]) == 0.0 and p.run_s(10) == 0.0  # nothing measured yet: admit
+    assert p.wait_s([1000], [(0.0, 10)]) == 0.0 and p.run_s(10) == 0.0  # nothing measured yet: admit
     p.observe(run_s=0.2, units=10)  # 0.02 s per unit
     assert p.s_per_unit == pytest.approx(0.02)
     p.observe(run_s=0.4, units=10)  # 0.04 -> EWMA 0.5 * 0.02 + 0.5 * 0.04
@@ -46,10 +46,13 @@ def test_predictor_is_an_ewma_of_seconds_per_unit() -> None:
 
 def test_predicted_wait_counts_queued_work_and_what_running_batches_have_left() -> None:
     p = WaitPredictor(runs_at_once=2)
-    p.observe(run_s=0.12, units=32000)
-    # 64000 queued units = 0.24 s; a batch predicted 0.12 s has run 0.05 s: 0.07 s left; one that has
-    # overrun its prediction counts 0; two runs at once halve it all
-    assert p.wait_s(64000, [(0.05, 32000), (0.5, 32000)]) == pytest.approx((0.24 + 0.07) / 2)
+    p.observe(run_s=0.12, units=32000)  # 32000 units: 0.12 s
+    assert p.wait_s([], [(0.05, 32000)]) == 0.0  # a run slot is idle
+    assert p.wait_s([], [(0.05, 32000), (0.10, 32000)]) == pytest.approx(0.02)  # 0.07 and 0.02 s left
+    assert p.wait_s([], [(0.05, 32000), (0.50, 32000)]) == 0.0  # a run past its prediction: free any moment
+    # queued items take the slot free soonest: [0.07, 0] -> [0.07, 0.12] -> [0.13, 0.12]
+    assert p.wait_s([32000, 16000], [(0.05, 32000)]) == pytest.approx(0.12)
+    assert p.wait_s([32000, 16000, 8000], [(0.05, 32000)]) == pytest.approx(0.13)
     with pytest.raises(ValueError, match="runs_at_once"):
         WaitPredictor(runs_at_once=0)
 
@@ -163,22 +166,22 @@ async def test_a_deadline_before_the_predicted_answer_is_refused_at_once() -> No
     await b.close()
 
 
-async def test_wait_is_predicted_per_unit_of_size() -> None:
+async def test_wait_is_predicted_per_unit_of_size_and_run_slot() -> None:
     clock = FakeClock()
     sizes = {1: 1000, 2: 1000, 3: 4000, 4: 1000, 5: 1000}
     run = TimedRun(clock, s_per_unit=1e-5, size_of=sizes)  # 10 ms per 1000 units (samples)
-    b = _batcher(run, clock, size_of=sizes.__getitem__, max_concurrent_runs=2, max_queue_wait_ms=28)
+    b = _batcher(run, clock, size_of=sizes.__getitem__, max_concurrent_runs=2, max_queue_wait_ms=15)
     await b.submit(1)
     assert b.predictor.s_per_unit == pytest.approx(1e-5)
-    running = await _hold(run, b, 2)  # 10 ms left on one of two runs
-    assert b.predicted_wait_s() == pytest.approx(0.005)
-    long = asyncio.create_task(b.submit(3))  # 4000 units: 40 ms, queued or in the second run
+    running = await _hold(run, b, 2)  # 10 ms left on one of two run slots
+    assert b.predicted_wait_s() == 0.0  # the other slot is idle
+    long = asyncio.create_task(b.submit(3))  # 4000 units: 40 ms in the idle slot
     await asyncio.sleep(0)
-    assert b.predicted_wait_s() == pytest.approx((0.010 + 0.040) / 2)
-    short = asyncio.create_task(b.submit(4))
+    assert b.predicted_wait_s() == pytest.approx(0.010)  # slots free after 10 and 40 ms
+    short = asyncio.create_task(b.submit(4))  # after item 2: 20 ms
     await asyncio.sleep(0)
-    assert b.predicted_wait_s() == pytest.approx((0.010 + 0.040 + 0.010) / 2)  # 30 ms > 28 ms
-    with pytest.raises(QueueFullError, match="over its 28 ms budget"):
+    assert b.predicted_wait_s() == pytest.approx(0.020)
+    with pytest.raises(QueueFullError, match="predicted queue wait is 20 ms, over its 15 ms budget"):
         await b.submit(5)
     run.release.set()
     assert await asyncio.gather(running, long, short) == [4, 6, 8]
