@@ -90,6 +90,7 @@ class BudgetResult:
     overload_s: float = 0.0
     rss_mb: dict[str, float] = field(default_factory=dict)
     server_counters: dict[str, float] = field(default_factory=dict)  # during the overload
+    server_counters_unloaded: dict[str, float] = field(default_factory=dict)  # during the unloaded calls
     exit_status: int | None = None
 
     def summary(self) -> dict[str, Any]:
@@ -107,7 +108,8 @@ class BudgetResult:
             "lost": codes["LOST"], "admitted_p50_ms": 1e3 * _pct(admitted, 50), "admitted_p99_ms": 1e3 * a99,
             "admitted_p99_x_unloaded_p99": a99 / u99 if u99 else 0.0,
             "ok_rps_during_overload": codes["OK"] / self.overload_s if self.overload_s else 0.0,
-            "rss_mb": self.rss_mb, "server_counters": self.server_counters, "exit_status": self.exit_status,
+            "rss_mb": self.rss_mb, "server_counters": self.server_counters,
+            "server_counters_unloaded": self.server_counters_unloaded, "exit_status": self.exit_status,
         }
 
 
@@ -202,8 +204,9 @@ def server_counters(metrics_port: int) -> dict[str, float]:
 
 
 def overload_counters(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What the server counted during the overload alone: drops, and its mean queue wait per item and
-    mean run time (the client's latency minus these is transport, decoding and the client's own delay)."""
+    """What the server counted between two scrapes (the overload, or the unloaded calls): drops, its mean
+    queue wait per item and mean run time (the client's latency minus these is transport, decoding and
+    the client's own delay)."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in sorted(set(after) | set(before))}
     out = {k: d[k] for k in d if k.startswith("shed_") or k == "expired"}
     out["server_mean_queue_ms"] = 1e3 * d.get("queue_s", 0) / d["queued"] if d.get("queued") else 0.0
@@ -225,7 +228,10 @@ async def measure(address: str, requests: Sequence[speech_pb2.RecognizeRequest],
         await asyncio.wait_for(channel.channel_ready(), timeout=30)
         stub = speech_pb2_grpc.SpeechStub(channel)
         await unloaded_phase(stub, requests, len(requests), args.deadline_s)  # warm caches and the estimate
+        before = await asyncio.to_thread(server_counters, metrics_port)
         result.unloaded = await unloaded_phase(stub, requests, args.unloaded_calls, args.deadline_s)
+        result.server_counters_unloaded = overload_counters(
+            before, await asyncio.to_thread(server_counters, metrics_port))
         result.capacity_rps = await capacity_phase(stub, requests, args.capacity_callers, args.capacity_s,
                                                    args.deadline_s)
         result.offered_rps = args.multiple * result.capacity_rps
@@ -349,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
           f"load average {os.getloadavg()[0]:.1f} (at start {machine['load_average_at_start'][0]:.1f})")
     print(table(rows))
     for r in rows:
+        unloaded = r["server_counters_unloaded"]
+        print(f"budget {r['budget_ms']:g} ms: server mean run {unloaded.get('server_mean_run_ms', 0):.0f} ms unloaded, "
+              f"{r['server_counters'].get('server_mean_run_ms', 0):.0f} ms in the overload")
         print(f"budget {r['budget_ms']:g} ms: codes {r['codes']}; server counters {r['server_counters']}; "
               f"exit status {r['exit_status']}")
     machine["load_average_at_end"] = list(os.getloadavg())
