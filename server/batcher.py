@@ -247,7 +247,11 @@ class DynamicBatcher(Generic[T, R]):
             raise DeadlineExceededError("the deadline passed before the result was ready") from None
         except asyncio.CancelledError:
             if self._forget(pending):
-                self.stats.cancelled += 1
+                # gRPC cancels a call when its deadline passes, racing the timeout above: count it expired
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._drop("expired")
+                else:
+                    self.stats.cancelled += 1
             raise
 
     def _drop(self, reason: DropReason) -> None:

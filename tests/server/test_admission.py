@@ -205,6 +205,31 @@ async def test_expired_items_are_reported_to_the_observer() -> None:
     await b.close()
 
 
+
+async def test_a_caller_cancelled_after_its_deadline_counts_as_expired() -> None:
+    """gRPC cancels a call when its deadline passes, racing the batcher's own timeout: a cancellation after
+    the deadline is an expiry; one before it is the caller leaving."""
+    clock = FakeClock()
+    run = TimedRun(clock, s_per_unit=0.0)
+    records: list[BatchRecord | DropRecord] = []
+    b = _batcher(run, clock, max_queue_wait_ms=None, observer=records.append)
+    running = await _hold(run, b, 1)
+    late = asyncio.create_task(b.submit(7, deadline=time.monotonic() + 0.05))
+    left = asyncio.create_task(b.submit(8, deadline=time.monotonic() + 30))
+    await asyncio.sleep(0)  # both queued
+    time.sleep(0.06)  # the loop stalls past item 7's deadline; the cancellations come before its timer
+    late.cancel()
+    left.cancel()
+    for task in (late, left):
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert b.stats.expired == 1 and b.stats.cancelled == 1 and b.queue_size == 0
+    assert [r.reason for r in records if isinstance(r, DropRecord)] == ["expired"]
+    run.release.set()
+    await running
+    assert run.seen == [1]
+    await b.close()
+
 def _metric(port: int, name: str, **labels: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
         text = reply.read().decode()
@@ -252,3 +277,25 @@ async def test_server_sheds_before_decoding_and_counts_what_it_drops(start: Star
                       for reason in ("queue_full", "queue_wait", "deadline")}
     assert shed_by_reason == {"queue_full": 0, "queue_wait": 2, "deadline": 1}
     assert await asyncio.to_thread(_metric, port, "nui_expired_requests_total", **model) == 1
+
+
+async def test_a_call_expired_in_the_queue_is_counted_on_metrics(start: StartServer, tiny_models: Models,
+                                                                 clips: list[bytes]) -> None:
+    """A call whose deadline passes while it is queued is counted expired on /metrics (whichever comes
+    first, gRPC's cancellation or the batcher's timeout) and never reaches the engine."""
+    server = await start(models=wrap_models(tiny_models, delay_s=0.6), max_batch_size=1, max_queue_delay_ms=0,
+                         metrics_port=0)
+    batcher = server.served["speech_ctc"][1].batcher
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        speech = speech_pb2_grpc.SpeechStub(channel)
+        running = asyncio.ensure_future(speech.Recognize(speech_pb2.RecognizeRequest(audio=clips[0]), timeout=10))
+        await wait_until(lambda: batcher.stats.runs == 1)  # nothing measured yet: the next call is queued
+        with pytest.raises(grpc.aio.AioRpcError) as late:
+            await speech.Recognize(speech_pb2.RecognizeRequest(audio=clips[1]), timeout=0.2)
+        await running
+    assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await wait_until(lambda: batcher.stats.expired + batcher.stats.cancelled == 1)
+    assert batcher.stats.expired == 1 and batcher.stats.cancelled == 0 and batcher.stats.runs == 1
+    assert server.metrics_port is not None
+    model = {"model": "speech_ctc", "version": "1"}
+    assert await asyncio.to_thread(_metric, server.metrics_port, "nui_expired_requests_total", **model) == 1
