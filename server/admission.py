@@ -2,9 +2,11 @@
 
 A bounded queue bounded by item count alone admits requests that then wait seconds: on two CPU cores the
 speech model serves ~60 requests/s, so 256 queued items are 4 s of work. The batcher therefore also sheds
-a request whose *predicted* wait exceeds a budget (`max_queue_wait_ms`), the way Triton's queue policy
-rejects on `default_timeout_microseconds` and CoDel / Envoy's adaptive concurrency act on queueing delay
-rather than queue length. The prediction is deliberately simple, from measured service times only:
+a request whose *predicted* wait exceeds a budget (`max_queue_wait_ms`): like CoDel and Envoy's adaptive
+concurrency it bounds queueing delay rather than queue length, and unlike Triton's queue policy
+(`default_timeout_microseconds` with `timeout_action: REJECT`, which rejects a request once it has waited
+that long) it decides at admission, so a refused request costs next to nothing and an admitted one is
+never dropped after waiting. The prediction is deliberately simple, from measured service times only:
 
     s_per_unit  = EWMA over engine runs of  run seconds / units run    (alpha 0.2)
     a run slot is free after  max(0, units * s_per_unit - elapsed)  for each batch running, 0 when idle;

@@ -12,8 +12,11 @@ response per request, one bad request never fails its batch-mates).
   the budget allows however fast the model is, instead of a count that is seconds of work on a CPU.
 - Deadline (a `time.monotonic()` instant): `submit` raises `DeadlineUnmeetableError` (a
   `DeadlineExceededError`, DEADLINE_EXCEEDED) at once when the predicted wait plus the item's own run
-  exceeds the time left, rather than queueing work whose answer nobody will read; `DeadlineExceededError`
-  when it passes while the item waits, and an expired item is dropped before it runs.
+  exceeds the time left, rather than queueing work whose answer nobody will read. DEADLINE_EXCEEDED, not
+  RESOURCE_EXHAUSTED: the verdict is about this call's deadline (the client would see DEADLINE_EXCEEDED
+  anyway, only later), and retry policies retry RESOURCE_EXHAUSTED, which cannot succeed with the same
+  deadline. `DeadlineExceededError` when the deadline passes while the item waits (or the caller is
+  cancelled after it), and an expired item is dropped before it runs.
 - `check_admission(deadline)`: the same checks without an item, for servicers to call before costly
   preparation (audio decoding), so that shedding a request costs next to nothing.
 - A caller that is cancelled (client left) removes its item; items already running are not stopped,
