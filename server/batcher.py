@@ -14,9 +14,9 @@ response per request, one bad request never fails its batch-mates).
   `DeadlineExceededError`, DEADLINE_EXCEEDED) at once when the predicted wait plus the item's own run
   exceeds the time left, rather than queueing work whose answer nobody will read. DEADLINE_EXCEEDED, not
   RESOURCE_EXHAUSTED: the verdict is about this call's deadline (the client would see DEADLINE_EXCEEDED
-  anyway, only later), and retry policies retry RESOURCE_EXHAUSTED, which cannot succeed with the same
-  deadline. `DeadlineExceededError` when the deadline passes while the item waits (or the caller is
-  cancelled after it), and an expired item is dropped before it runs.
+  anyway, only later), while RESOURCE_EXHAUSTED says "retry with backoff" (server/errors.py), which
+  cannot succeed within the same deadline. `DeadlineExceededError` when the deadline passes while the
+  item waits (or the caller is cancelled after it), and an expired item is dropped before it runs.
 - `check_admission(deadline)`: the same checks without an item, for servicers to call before costly
   preparation (audio decoding), so that shedding a request costs next to nothing.
 - A caller that is cancelled (client left) removes its item; items already running are not stopped,
