@@ -207,7 +207,9 @@ class DynamicBatcher(Generic[T, R]):
             raise BatcherClosedError(f"{self.name} is shutting down")
         if len(self._queue) >= self.max_queue_size:
             self._drop("queue_full")
-            raise QueueFullError(f"{self.name} queue is full ({self.max_queue_size} items waiting)")
+            wait_ms = None if self.predictor.s_per_unit is None else 1e3 * self.predicted_wait_s()
+            wait = "" if wait_ms is None else f", predicted wait {wait_ms:.0f} ms"
+            raise QueueFullError(f"{self.name} queue is full ({self.max_queue_size} items waiting{wait})")
         if self.max_queue_wait_s is None and deadline is None:
             return
         wait_s = self.predicted_wait_s()

@@ -134,7 +134,7 @@ async def test_count_bound_still_applies_and_wait_bound_is_optional() -> None:
     running = await _hold(run, b, 2)
     queued = asyncio.create_task(b.submit(3))
     await asyncio.sleep(0)
-    with pytest.raises(QueueFullError, match="queue is full"):
+    with pytest.raises(QueueFullError, match=r"queue is full \(1 items waiting, predicted wait 20 ms\)"):
         await b.submit(4)
     assert b.stats.rejected_queue_full == 1 and b.stats.rejected_queue_wait == 0
     run.release.set()
