@@ -18,7 +18,10 @@ so a 10 s clip counts ten times a 1 s one, and the slots are the batcher's `max_
 measured run time includes the padding and the per-run overhead of the batches actually formed, so the
 estimate follows the batch sizes the load produces (queued items that will share a batch are counted one
 after the other, the same work in all). Before the first run there is nothing to predict from: the wait
-is 0 (admit).
+is 0 (admit). The mean alone is used: predicting runs at the mean plus two mean deviations (Jacobson and
+Karels, as TCP sets its retransmission timeout) cut the 99th-percentile wait from 110 to 68 ms against a
+25 ms budget in a simulation with log-normal run times (sigma 0.5, 57 ms mean, 4x overload), but left the
+admitted latency's p99 where it was (210 ms: the run time's own spread dominates) at 4 % less throughput.
 
     predictor = WaitPredictor(runs_at_once=2)
     predictor.observe(run_s=0.12, units=32000)
