@@ -4,6 +4,7 @@
     python bench/overload.py --overload-s 60 --budgets-ms 25,0   # the 60 s at ~4x; with and without
                                                                  # the queue-wait budget (0: count bound only)
     python bench/overload.py --multiple 4 --overload-s 60 --out bench/results/overload-60s.json
+    python bench/overload.py --serve-args "--max-batch-size 1"  # any other `nui serve` flags
 
 For each `--budgets-ms` value, `nui serve` (its default threading; `--max-queue-wait-ms` set to the value)
 runs as a subprocess on 127.0.0.1 with metrics on, and this process (a grpc.aio client on the same CPUs)
@@ -250,7 +251,7 @@ def run_budget(sb: ModuleType, budget_ms: float, requests: Sequence[speech_pb2.R
     metrics_port = free_port()
     command = [sys.executable, "-m", "nui", "serve", "--repo", str(args.repo), "--host", "127.0.0.1",
                "--port", "0", "--metrics-port", str(metrics_port), "--max-queue-wait-ms", f"{budget_ms:g}",
-               "--log-level", "WARNING"]
+               "--log-level", "WARNING", *shlex.split(args.serve_args)]
     result = BudgetResult(budget_ms)
     server = sb.ServerProcess(args.repo, sb.ServerSetup("default", 16, 5.0), 0, log_path, command=command)
     try:
@@ -321,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unloaded-calls", type=int, default=40)
     p.add_argument("--deadline-s", type=float, default=5.0, help="gRPC deadline of every call")
     p.add_argument("--clips", type=int, default=4, help="synthesized sentences, sent in turn (2-8 s each)")
+    p.add_argument("--serve-args", default="", help="more `nui serve` flags, e.g. '--max-batch-size 1'")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results; the PNG goes next to it")
     return p
