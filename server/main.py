@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-queue-delay-ms", type=float, default=d.max_queue_delay_ms)
     p.add_argument("--max-queue-size", type=int, default=d.max_queue_size)
     p.add_argument("--max-queue-wait-ms", type=float, default=d.max_queue_wait_ms,
-                   help="refuse (RESOURCE_EXHAUSTED) a Recognize / Diagnose / ModelInfer whose wait in the queue, "
-                        "predicted from measured run times, would exceed this; 0: count bound only "
+                   help="refuse (RESOURCE_EXHAUSTED) a call to a speech or diagnosis model whose wait in the "
+                        "queue, predicted from measured run times, would exceed this; 0: count bound only "
                         "(default %(default)s)")
     p.add_argument("--max-audio-s", type=float, default=d.max_audio_s, help="longest clip accepted")
     p.add_argument("--max-message-bytes", type=int, default=d.max_message_bytes)
