@@ -477,6 +477,9 @@ def started(target: str, repo: Path, model: str, settings: Settings, workdir: Pa
                    "--max-batch-size", str(setup.max_batch_size),
                    "--max-queue-delay-ms", f"{setup.max_queue_delay_ms:g}",
                    *(["--intra-op-threads", str(threads)] if threads is not None else []),
+                   # closed-loop clients wait their turn, as with the peers' count-bounded queues; shedding
+                   # by predicted wait (the serving default) is bench/overload.py's subject
+                   "--max-queue-wait-ms", "0",
                    "--log-level", "WARNING", "--metrics-port", str(metrics_port)]
         server = speech_bench.ServerProcess(repo, setup, settings.intra_op_threads, workdir / f"{target}.log",
                                             command=command)

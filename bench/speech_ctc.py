@@ -338,7 +338,9 @@ class ServerProcess:
             sys.executable, "-m", "nui", "serve", "--repo", str(repo), "--host", "127.0.0.1",
             "--port", "0", "--max-batch-size", str(config.max_batch_size),
             "--max-queue-delay-ms", f"{config.max_queue_delay_ms:g}",
-            "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING", *extra_args]
+            "--intra-op-threads", str(intra_op_threads), "--log-level", "WARNING",
+            "--max-queue-wait-ms", "0",  # closed-loop throughput: no shedding by predicted wait (bench/overload.py)
+            *extra_args]
         self._log_path = log_path
         self._log = log_path.open("wb")
         self._proc = subprocess.Popen(self.command, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
