@@ -133,12 +133,21 @@ def photo_images(size_px: int, folders: Sequence[Path] = ()) -> dict[str, torch.
             arr = np.repeat(arr[..., None], 3, axis=2)
         out[name] = torch.from_numpy(to_pixels(Image.fromarray(arr[..., :3].astype(np.uint8)), size_px))
     for folder in folders:
-        files = sorted(f for f in folder.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
-        if not files:
-            raise ValueError(f"--photo-dir {folder}: no {'/'.join(PHOTO_SUFFIXES)} files")
-        for f in files:
-            with Image.open(f) as im:
-                out[f.name] = torch.from_numpy(to_pixels(im, size_px))
+        out.update(folder_images(size_px, folder))
+    return out
+
+
+def folder_images(size_px: int, folder: Path) -> dict[str, torch.Tensor]:
+    """Every JPEG/PNG/WebP in `folder` by file name, as model inputs; ValueError when there is none."""
+    from PIL import Image
+
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+    if not files:
+        raise ValueError(f"--photo-dir {folder}: no {'/'.join(PHOTO_SUFFIXES)} files")
+    out = {}
+    for f in files:
+        with Image.open(f) as im:
+            out[f.name] = torch.from_numpy(to_pixels(im, size_px))
     return out
 
 
