@@ -328,10 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _row(call: Call) -> list[float | str]:
-    return [round(call.start_s, 3), round(call.latency_s, 4), call.code]
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
@@ -371,10 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                             check=False).stdout.strip()
     report = {"command": shlex.join(["python", "bench/overload.py", *argv]), "commit": commit,
               "machine": machine, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-              "clips_s": [round(c.duration_s, 2) for c in clips], "results": rows,
-              "calls_fields": ["start_s", "latency_s", "code"],  # one row per call, ms-rounded, to keep it small
-              "calls": {f"{r.budget_ms:g}": {"unloaded": [_row(c) for c in r.unloaded],
-                                             "overload": [_row(c) for c in r.overload]} for r in results}}
+              "clips_s": [round(c.duration_s, 2) for c in clips], "results": rows}
     sb.write_json(args.out, report)
     plot(results, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
