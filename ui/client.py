@@ -206,7 +206,7 @@ class NuiClient:
     def streaming_recognize(self, pcm_chunks: Iterator[bytes], sample_rate_hz: int,
                             timeout_s: float | None = None) -> Iterator[Transcript]:
         """Stream 16-bit mono PCM chunks to StreamingRecognize; yields interim and final transcripts
-        as they arrive. FAILED_PRECONDITION (as NuiError) when the server has no streaming model."""
+        as they arrive. UNAVAILABLE (as NuiError) when the server has no streaming model."""
         config = speech_pb2.RecognitionConfig(encoding=speech_pb2.LINEAR_PCM, sample_rate_hertz=sample_rate_hz,
                                               interim_results=True)
 
