@@ -51,7 +51,7 @@ def test_up_starts_and_ctrl_c_stops_both(ui_repo: Path) -> None:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0 and "nui up: stopped (server exit status 0)" in out
-    with NuiClient(found["server"], timeout_s=2) as client, pytest.raises(Exception, match="not reachable"):
+    with NuiClient(found["server"], timeout_s=2) as client, pytest.raises(Exception, match="the server is unavailable"):
         client.health()
     with pytest.raises(OSError):
         urllib.request.urlopen(found["app"], timeout=5)
