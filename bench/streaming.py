@@ -73,11 +73,16 @@ def speechlike(seconds: float, seed: int) -> np.ndarray:
     return (x + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
 
 
-def speech_clips(manifest: Path, seconds: float, seed: int) -> tuple[np.ndarray, str]:
-    """Seeded clips from a JSONL manifest (audio_filepath relative to it, text), joined to >= `seconds`."""
+def read_manifest(manifest: Path) -> list[dict[str, Any]]:
+    """A JSONL manifest's entries (audio_filepath relative to the manifest's folder, text)."""
+    return [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def speech_clips(manifest: Path, entries: Sequence[dict[str, Any]], seconds: float,
+                 seed: int) -> tuple[np.ndarray, str]:
+    """Seeded clips of `manifest`'s `entries`, joined to >= `seconds`, and their texts joined."""
     import soundfile as sf
 
-    entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines() if line.strip()]
     rng = np.random.default_rng(seed)
     waves: list[np.ndarray] = []
     texts: list[str] = []
@@ -269,13 +274,15 @@ def main(argv: list[str] | None = None) -> int:
         threads = args.intra_op_threads or offline.default_intra_op_threads()
         server = offline.ServerProcess(repo, setup, threads, Path(tmp) / "server.log")
         rows: list[Row] = []
+        entries = read_manifest(args.speech_manifest) if args.speech_manifest is not None else []
         try:
             for n in args.streams:
                 logger.info("%d streams of %.1f s ...", n, args.audio_s)
                 if args.speech_manifest is None:
                     audios, references = [speechlike(args.audio_s, args.seed + i) for i in range(n)], None
                 else:
-                    pairs = [speech_clips(args.speech_manifest, args.audio_s, args.seed + i) for i in range(n)]
+                    pairs = [speech_clips(args.speech_manifest, entries, args.audio_s, args.seed + i)
+                             for i in range(n)]
                     audios, references = [a for a, _ in pairs], [t for _, t in pairs]
                 records = asyncio.run(run_level(server.address, audios, args.seed))
                 errors = sorted({r.error for r in records if r.error})

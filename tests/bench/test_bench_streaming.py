@@ -54,9 +54,10 @@ def write_manifest(folder: Path, seconds: list[float]) -> Path:
 def test_speech_streams_join_seeded_clips_until_long_enough(tmp_path: Path) -> None:
     bench = load_bench()
     manifest = write_manifest(tmp_path, [0.5, 0.7, 0.9])
-    audio, text = bench.speech_clips(manifest, 1.5, seed=3)
+    entries = bench.read_manifest(manifest)
+    audio, text = bench.speech_clips(manifest, entries, 1.5, seed=3)
     assert len(audio) >= 1.5 * 16000 and text.startswith("clip ") and len(text.split()) >= 4
-    again, same = bench.speech_clips(manifest, 1.5, seed=3)
+    again, same = bench.speech_clips(manifest, entries, 1.5, seed=3)
     assert same == text and np.array_equal(again, audio)
     records = [bench.StreamRecord(0.0, 0.05, [], transcript="clip one"),
                bench.StreamRecord(0.0, 0.05, [], transcript="")]
