@@ -17,7 +17,7 @@ figures themselves go into the FP16 manifest's `parity["fp16_vs_fp32"]`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ TOLERANCES: dict[str, dict[str, float]] = {
 }
 
 
+# one run of a graph: feeds by input name -> outputs by output name (`Engine.run`, or an ONNX session's)
+Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
 def _session(path: Path) -> ort.InferenceSession:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -51,19 +55,32 @@ def _session(path: Path) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+def _onnx(path: Path) -> Run:
+    session = _session(path)
+    names = [o.name for o in session.get_outputs()]
+    return lambda feeds: dict(zip(names, session.run(names, feeds), strict=True))
+
+
 def speech_gate(fp32_dir: Path, fp16_dir: Path, clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
-                tolerances: dict[str, float] | None = None, max_batch: int = 8) -> dict[str, Any]:
-    """Both speech engines on `clips` (float32 mono at the model's rate), batched by length."""
+                tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+    """Both speech engines on `clips` (float32 mono at the model's rate), on ONNX Runtime's CPU provider."""
+    return compare_speech(_onnx(fp32_dir / "model.onnx"), _onnx(fp16_dir / "model.onnx"), clips, texts, tolerances)
+
+
+def compare_speech(r32: Run, r16: Run, clips: Sequence[np.ndarray], texts: Sequence[str] | None = None,
+                   tolerances: dict[str, float] | None = None, max_batch: int = 8) -> dict[str, Any]:
+    """The speech gate's figures for any two runs of the model (FP32 reference, FP16 candidate), batched
+    by length."""
     tol = {**TOLERANCES["speech_ctc"], **(tolerances or {})}
-    s32, s16 = _session(fp32_dir / "model.onnx"), _session(fp16_dir / "model.onnx")
     order = sorted(range(len(clips)), key=lambda i: len(clips[i]))
     hyp32, hyp16 = [""] * len(clips), [""] * len(clips)
     max_diff = 0.0
     for k in range(0, len(order), max_batch):
         idx = order[k:k + max_batch]
         audio, lengths = pad_batch([clips[i] for i in idx])
-        lp32, n32 = s32.run(None, {"audio": audio, "audio_lengths": lengths})
-        lp16, n16 = s16.run(None, {"audio": audio, "audio_lengths": lengths})
+        feeds = {"audio": audio, "audio_lengths": lengths}
+        o32, o16 = r32(feeds), r16(feeds)
+        (lp32, n32), (lp16, n16) = (o32["log_probs"], o32["out_lengths"]), (o16["log_probs"], o16["out_lengths"])
         if not np.array_equal(n32, n16):
             raise ValueError(f"output lengths differ: fp32 {n32.tolist()} vs fp16 {n16.tolist()}")
         for row, (i, n) in enumerate(zip(idx, n32.tolist(), strict=True)):
@@ -87,15 +104,21 @@ def speech_gate(fp32_dir: Path, fp16_dir: Path, clips: Sequence[np.ndarray], tex
 
 
 def diagnosis_gate(fp32_dir: Path, fp16_dir: Path, evidence: np.ndarray, age_years: np.ndarray, sex: np.ndarray,
-                   tolerances: dict[str, float] | None = None, batch_size: int = 256) -> dict[str, Any]:
-    """Both diagnosis engines on dev rows: probabilities and top-5 lists."""
+                   tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+    """Both diagnosis engines on dev rows, on ONNX Runtime's CPU provider: probabilities and top-5 lists."""
+    return compare_diagnosis(_onnx(fp32_dir / "model.onnx"), _onnx(fp16_dir / "model.onnx"), evidence, age_years,
+                             sex, tolerances)
+
+
+def compare_diagnosis(r32: Run, r16: Run, evidence: np.ndarray, age_years: np.ndarray, sex: np.ndarray,
+                      tolerances: dict[str, float] | None = None, batch_size: int = 256) -> dict[str, Any]:
+    """The diagnosis gate's figures for any two runs of the model (FP32 reference, FP16 candidate)."""
     tol = {**TOLERANCES["diagnosis"], **(tolerances or {})}
-    s32, s16 = _session(fp32_dir / "model.onnx"), _session(fp16_dir / "model.onnx")
     max_diff, exact, same, top1, rows = 0.0, 0, 0, 0, len(evidence)
     for start in range(0, rows, batch_size):
         feeds = {"evidence": evidence[start:start + batch_size], "age_years": age_years[start:start + batch_size],
                  "sex": sex[start:start + batch_size]}
-        (p32,), (p16,) = s32.run(None, feeds), s16.run(None, feeds)
+        p32, p16 = r32(feeds)["probs"], r16(feeds)["probs"]
         max_diff = max(max_diff, float(np.abs(p32 - p16).max()))
         k = min(5, p32.shape[1])
         top32 = np.argsort(-p32, axis=1, kind="stable")[:, :k]
@@ -113,31 +136,39 @@ def diagnosis_gate(fp32_dir: Path, fp16_dir: Path, evidence: np.ndarray, age_yea
             "passed": bool(max_diff <= tol["max_prob_diff"] and agree >= tol["min_top5_agreement"])}
 
 
-def _step(session: ort.InferenceSession) -> StepFn:
+def _step(run: Run) -> StepFn:
     def step(tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        lp, new = session.run(None, {"tokens": tokens, **state})
-        return lp, {**state, "state": new}
+        out = run({"tokens": tokens, **state})
+        return out["log_probs"], {**state, "state": out["state_out"]}
     return step
 
 
-def captioner_gate(fp32_dir: Path, fp16_dir: Path, images: np.ndarray, tolerances: dict[str, float] | None = None,
-                   batch_size: int = 8) -> dict[str, Any]:
-    """Both captioners (encoder + greedy decoding with the step graph) on (N, 3, H, W) images in [0, 1]."""
-    tol = {**TOLERANCES["captioner"], **(tolerances or {})}
+def captioner_gate(fp32_dir: Path, fp16_dir: Path, images: np.ndarray,
+                   tolerances: dict[str, float] | None = None) -> dict[str, Any]:
+    """Both captioners (encoder + greedy decoding with the step graph) on (N, 3, H, W) images in [0, 1], on
+    ONNX Runtime's CPU provider."""
     manifest = read_manifest(fp32_dir, verify=False)
     graphs = manifest.extras["graphs"]
     enc_file, dec_file = graphs["encoder"]["file"], graphs["decoder_step"]["file"]
-    max_length = int(manifest.config["max_len"]) - 1  # BOS is given, not generated
+    runs = [(_onnx(folder / enc_file), _onnx(folder / dec_file)) for folder in (fp32_dir, fp16_dir)]
+    return compare_captioner(runs[0], runs[1], images, int(manifest.config["max_len"]), tolerances)
+
+
+def compare_captioner(r32: tuple[Run, Run], r16: tuple[Run, Run], images: np.ndarray, max_len: int,
+                      tolerances: dict[str, float] | None = None, batch_size: int = 8) -> dict[str, Any]:
+    """The captioner gate's figures for any two (encoder, decoder step) runs (FP32 reference, FP16 candidate);
+    `max_len` is the manifest config's, BOS included."""
+    tol = {**TOLERANCES["captioner"], **(tolerances or {})}
+    max_length = max_len - 1  # BOS is given, not generated
     max_diff, rel_err = 0.0, 0.0
     caps: dict[str, list[list[int]]] = {"fp32": [], "fp16": []}
     outs: dict[str, list[np.ndarray]] = {}
-    for name, folder in (("fp32", fp32_dir), ("fp16", fp16_dir)):
-        enc, dec = _session(folder / enc_file), _session(folder / dec_file)
+    for name, (enc, dec) in (("fp32", r32), ("fp16", r16)):
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start:start + batch_size], dtype=np.float32)
-            out = enc.run(None, {"images": batch})
-            outs.setdefault(name, []).extend(out)
-            state = dict(zip(("memory", "keys", "state"), out, strict=True))
+            out = enc({"images": batch})
+            outs.setdefault(name, []).extend(out.values())  # the domain check's outputs too, where present
+            state = {k: out[k] for k in ("memory", "keys", "state")}
             hyps = greedy_search(_step(dec), state, len(batch), BOS, EOS, max_length, (PAD, BOS, UNK))
             caps[name] += [h.tokens for h in hyps]
     for a, b in zip(outs["fp32"], outs["fp16"], strict=True):

@@ -191,8 +191,9 @@ class TorchEngine(VersionEngine):
     """One graph of a `torch` version on a torch device (CUDA, or CPU for tests and CPU-only machines)."""
 
     def __init__(self, version_dir: Path, *, graph: str | None = None, verify: bool = True, device: str = "cuda",
-                 cuda_graphs: bool = True, staged: bool = False) -> None:
-        """staged: `version_dir` is an export's staging folder (not yet named by its version): version 0."""
+                 cuda_graphs: bool = True, staged: bool = False, precision: str | None = None) -> None:
+        """staged: `version_dir` is an export's staging folder (not yet named by its version): version 0.
+        precision: "fp32" or "fp16" in place of the manifest's (to compare the two on one GPU)."""
         super().__init__(version_dir, ENGINE_TYPE, verify=verify, graph=graph, staged=staged)
         if WEIGHTS_FILE not in self._manifest.files:
             raise ValueError(f"{self._dir}: manifest does not list {WEIGHTS_FILE}")
@@ -205,8 +206,11 @@ class TorchEngine(VersionEngine):
             raise ValueError(f"{self._dir}: task {self._manifest.task!r} has graphs {sorted(map(str, graphs))}, "
                              f"not {graph!r}")
         self._module = graphs[graph].eval().to(self._device)
-        self._fp16 = self._manifest.precision == "fp16" and self._device.type == "cuda"
-        if self._manifest.precision == "fp16" and not self._fp16:
+        if precision not in (None, "fp32", "fp16"):
+            raise ValueError(f"precision must be fp32 or fp16, not {precision!r}")
+        wanted = precision or self._manifest.precision
+        self._fp16 = wanted == "fp16" and self._device.type == "cuda"
+        if wanted == "fp16" and not self._fp16:
             logger.info("%s v%d: fp16 version on %s runs in FP32", self.name, self._version, self._device)
         self._graphs = (_CapturedGraphs(self._forward, self._inputs, self._device)
                         if cuda_graphs and self._device.type == "cuda" and fixed_but_batch(self._inputs) else None)
