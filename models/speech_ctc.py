@@ -97,8 +97,10 @@ PRESETS: dict[str, SpeechCTCConfig] = {
     "small-streaming": SpeechCTCConfig(conv_channels=32, conv_time_strides=(3, 1), rnn_hidden=320,
                                        rnn_layers=3, bidirectional=False, lookahead_frames=4,
                                        feature_norm="frame"),
-    # GPU scale (~100M parameters), DS2's 2-D conv front end + 7 bidirectional GRU layers
-    "ds2": SpeechCTCConfig(n_mels=80, conv_channels=32, conv_time_strides=(2, 1, 1), rnn_hidden=1100,
+    # GPU scale (~106M parameters), DS2's 2-D conv front end + 5 bidirectional GRU layers. The width is a
+    # multiple of 128: at 1100 cuBLAS/cuDNN fell back to unaligned FP16 kernels and the training step ran at
+    # 106 TFLOP/s on an H200 against 241 at 1152 (bench/results/gpu/NOTES.md)
+    "ds2": SpeechCTCConfig(n_mels=80, conv_channels=32, conv_time_strides=(2, 1, 1), rnn_hidden=1152,
                            rnn_layers=5),
 }
 
