@@ -76,6 +76,7 @@ class ServerConfig:
     max_message_bytes: int = 32 * 1024 * 1024  # 60 s of 48 kHz stereo float WAV is ~23 MB
     intra_op_threads: int | None = None  # ONNX Runtime threads per run; None: all cores, at most 4
     provider: str = "cpu"  # ONNX Runtime execution provider of every model: cpu, cuda or tensorrt
+    decode_workers: int = 0  # beam + LM decoding processes per speech version (0: in the server's threads)
     shutdown_grace_s: float = 10.0
     metrics_port: int | None = None  # Prometheus /metrics on host:port; 0: any free port; None: off
     auth_token: str | None = None  # calls need `authorization: Bearer <token>` (health stays open)
@@ -268,12 +269,12 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
                                     STREAMING_TASK: streaming_models or {}, CAPTIONER_TASK: captioner_models or {}}
     if models is None and diagnosis_models is None and streaming_models is None and captioner_models is None:
         preloaded = await asyncio.to_thread(load_repository, config.repo, intra_op_threads=config.intra_op_threads,
-                                            provider=config.provider)
+                                            provider=config.provider, decode_workers=config.decode_workers)
     metrics = ServerMetrics()
     store = ModelStore(config.repo, BatchSettings(
         config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,
         config.provider, retire_after_s=config.retire_after_s, max_in_use_s=config.max_stream_s,
-        max_queue_wait_ms=config.max_queue_wait_ms), metrics)
+        max_queue_wait_ms=config.max_queue_wait_ms, decode_workers=config.decode_workers), metrics)
     store.add_loaded(preloaded)
     availability = Availability(config.repo, config.poll_repository_s, store.tables)
     server = grpc.aio.server(interceptors=[ServingInterceptor(metrics, config.auth_token), ModelGate(availability)],

@@ -144,6 +144,7 @@ class _Pending(Generic[T, R]):
     enqueued_at: float  # time.monotonic()
     size: int = 0  # size_of(item); 0 without size_of
     units: int = 1  # work for the wait prediction: size with size_of, else 1
+    urgent: bool = False  # dispatch without waiting for batch-mates
 
 
 class DynamicBatcher(Generic[T, R]):
@@ -153,9 +154,11 @@ class DynamicBatcher(Generic[T, R]):
                  max_queue_size: int, *, name: str = "batcher", observer: BatchObserver | None = None,
                  size_of: SizeOf[T] | None = None, max_padding_waste: float = 1.0,
                  max_concurrent_runs: int = 1, max_queue_wait_ms: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 urgent: Callable[[T], bool] | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         """`max_queue_wait_ms`: refuse items predicted to wait longer (None: the count bound only).
-        `clock` times the runs for the wait prediction (tests pass a fake one)."""
+        `urgent`: items for which it is true end the wait for batch-mates at once (someone is waiting on
+        exactly that item, e.g. the flush of a finished stream). `clock` times the runs for the wait
+        prediction (tests pass a fake one)."""
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_queue_delay_ms < 0:
@@ -170,6 +173,7 @@ class DynamicBatcher(Generic[T, R]):
             raise ValueError(f"max_queue_wait_ms must be > 0 (or None: no wait bound), got {max_queue_wait_ms}")
         self._run_batch = run_batch
         self._size_of = size_of
+        self._urgent = urgent
         self.max_padding_waste = max_padding_waste
         self.max_batch_size = max_batch_size
         self.max_queue_delay_s = max_queue_delay_ms / 1000.0
@@ -238,7 +242,7 @@ class DynamicBatcher(Generic[T, R]):
         self.check_admission(deadline, units)
         now = time.monotonic()
         pending: _Pending[T, R] = _Pending(item, asyncio.get_running_loop().create_future(), deadline, now,
-                                           size, units)
+                                           size, units, self._urgent is not None and self._urgent(item))
         self._queue.append(pending)
         self._wakeup.set()
         try:
@@ -327,7 +331,8 @@ class DynamicBatcher(Generic[T, R]):
             self._wakeup.clear()
             await self._wakeup.wait()
         close_at = self._queue[0].enqueued_at + self.max_queue_delay_s
-        while len(self._queue) < self.max_batch_size and not self._closing:
+        while (len(self._queue) < self.max_batch_size and not self._closing
+               and not any(p.urgent for p in self._queue)):
             remaining = close_at - time.monotonic()
             if remaining <= 0:
                 break

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -48,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--provider", choices=sorted(PROVIDERS), default=d.provider,
                    help="ONNX Runtime execution provider of every model (default %(default)s); cuda and "
                         "tensorrt need an onnxruntime-gpu build (start-up fails naming what this build has)")
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="processes per speech model version that run beam + LM decoding in parallel; 0: in the "
+                        "server's own threads, one at a time (default: one per CPU core, 0 on one core)")
     p.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port of --host; 0: off (default)")
@@ -87,6 +91,16 @@ def read_token(path: Path) -> str:
     return token
 
 
+def default_decode_workers(asked: int | None) -> int:
+    """--decode-workers as given, else one per CPU core this process may use (0 with a single core)."""
+    if asked is not None:
+        if asked < 0:
+            raise ValueError(f"--decode-workers must be >= 0, got {asked}")
+        return asked
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cores if cores > 1 else 0
+
+
 def config_from_args(args: argparse.Namespace) -> ServerConfig:
     return ServerConfig(
         repo=args.repo if args.repo is not None else default_repo(), host=args.host, port=args.port,
@@ -94,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_queue_size=args.max_queue_size, max_queue_wait_ms=args.max_queue_wait_ms or None,
         max_audio_s=args.max_audio_s,
         max_message_bytes=args.max_message_bytes, intra_op_threads=args.intra_op_threads,
-        provider=args.provider,
+        provider=args.provider, decode_workers=default_decode_workers(args.decode_workers),
         shutdown_grace_s=args.shutdown_grace_s, metrics_port=args.metrics_port or None,
         auth_token=read_token(args.auth_token_file) if args.auth_token_file is not None else None,
         tls_cert=args.tls_cert, tls_key=args.tls_key, keepalive_time_s=args.keepalive_time_s,

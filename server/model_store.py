@@ -47,10 +47,10 @@ from server.diagnosis_service import ServedDiagnosisModel
 from server.errors import RequestError, invalid_argument, not_found
 from server.metrics import ServerMetrics
 from server.speech_ctc import TASK as SPEECH_TASK
-from server.speech_ctc import SpeechCTCModel, load_lm_decoder
+from server.speech_ctc import SpeechCTCModel, close_decoder, load_lm_decoder
 from server.speech_service import ServedModel
 from server.streaming import TASK as STREAMING_TASK
-from server.streaming import ServedStreamingModel, load_streaming_model, warmup_job
+from server.streaming import ServedStreamingModel, is_flush, load_streaming_model, warmup_job
 from server.symptom_text import TASK as SYMPTOM_TEXT_TASK
 from server.symptom_text import text_model_version
 from server.tensor_batch import tensor_batching, warmup_request
@@ -78,6 +78,7 @@ class BatchSettings:
     retire_after_s: float = 5.0  # a retired version's batchers stay open this long for late lookups
     max_in_use_s: float = 300.0  # and at most this much longer while in use (open streams)
     max_queue_wait_ms: float | None = None  # shed requests predicted to wait longer (server/admission.py)
+    decode_workers: int = 0  # beam + LM decoding processes per speech version (server/decode_pool.py)
 
 
 @dataclass(frozen=True)
@@ -93,17 +94,18 @@ class TaskServing:
     stale: Callable[[Path, Any], bool] = lambda repo, served: False  # load again: a dependency changed
 
 
-def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor, *,
-                    wait_budget: bool = True) -> DynamicBatcher[Any, Any]:
+def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor, *, wait_budget: bool = True,
+                    urgent: Callable[[Any], bool] | None = None) -> DynamicBatcher[Any, Any]:
     """The model's own items and KServe TensorRequests in one batcher (server/tensor_batch.py);
-    `wait_budget`: shed beyond `s.max_queue_wait_ms` of predicted wait."""
+    `wait_budget`: shed beyond `s.max_queue_wait_ms` of predicted wait; `urgent`: items dispatched without
+    waiting for batch-mates."""
     speech = isinstance(model, SpeechCTCModel)  # mixed-length clips: batches of similar lengths
     return DynamicBatcher(tensor_batching(model), s.max_batch_size, s.max_queue_delay_ms, s.max_queue_size,
                           name=f"{model.name}-v{model.version}", observer=observer_for(model.name, model.version),
                           size_of=model.padded_size if speech else None,
                           max_padding_waste=model.max_padding_waste if speech else 1.0,
                           max_concurrent_runs=model.auto_runs_at_once() if speech and _auto_threads(s) else 1,
-                          max_queue_wait_ms=s.max_queue_wait_ms if wait_budget else None)
+                          max_queue_wait_ms=s.max_queue_wait_ms if wait_budget else None, urgent=urgent)
 
 
 def _auto_threads(s: BatchSettings) -> bool:
@@ -122,7 +124,8 @@ async def _run_once(served: Any, item: Any) -> None:
 def _load_speech(repo: Path, name: str, version: int, s: BatchSettings) -> SpeechCTCModel:
     threads = SpeechCTCModel.auto_intra_op_threads if _auto_threads(s) else s.intra_op_threads
     engine = load_engine(repo, name, version, threads, provider=s.provider)
-    return SpeechCTCModel(engine, load_lm_decoder(version_dir(repo, name, version), engine.manifest))
+    return SpeechCTCModel(engine, load_lm_decoder(version_dir(repo, name, version), engine.manifest,
+                                                  s.decode_workers))
 
 
 def _load_diagnosis(repo: Path, name: str, version: int, s: BatchSettings) -> DiagnosisServingModel:
@@ -149,9 +152,12 @@ TASKS: dict[str, TaskServing] = {
         warm_up=lambda served: _run_once(served, warmup_request(served.model.engine.manifest)),
         batchers=lambda served: [served.batcher], tensors=True, stale=_text_model_changed),
     STREAMING_TASK: TaskServing(
-        load=lambda repo, name, v, s: load_streaming_model(repo, name, v, s.intra_op_threads, s.provider),
+        load=lambda repo, name, v, s: load_streaming_model(repo, name, v, s.intra_op_threads, s.provider,
+                                                           s.decode_workers),
         # No wait budget: a refused chunk ends its stream; --max-streams bounds the streams' load instead.
-        serve=lambda m, s, obs: ServedStreamingModel(m, _tensor_batcher(m, s, obs, wait_budget=False)),
+        # Flush chunks go out at once: the end-to-final latency of a finished stream waits on them.
+        serve=lambda m, s, obs: ServedStreamingModel(m, _tensor_batcher(m, s, obs, wait_budget=False,
+                                                                        urgent=is_flush)),
         warm_up=lambda served: _run_once(served, warmup_job(served.model)),
         batchers=lambda served: [served.batcher], tensors=True,  # one chunk, the client holding the state
         in_use=lambda served: served.open_streams > 0),
@@ -165,7 +171,8 @@ TASKS: dict[str, TaskServing] = {
 
 
 def load_repository(repo: Path, tasks: tuple[str, ...] = tuple(TASKS), intra_op_threads: int | None = None,
-                    provider: str = "cpu", *, require_any: bool = True) -> dict[str, Models]:
+                    provider: str = "cpu", *, require_any: bool = True, decode_workers: int = 0
+                    ) -> dict[str, Models]:
     """{task: {name: {version: model}}} for every version of `tasks` under `repo`, checksums verified.
 
     ValueError when the repository is missing or (`require_any`) holds no model of those tasks, or when any manifest,
@@ -174,7 +181,7 @@ def load_repository(repo: Path, tasks: tuple[str, ...] = tuple(TASKS), intra_op_
     repo = Path(repo)
     if not repo.is_dir():
         raise ValueError(f"model repository {repo} does not exist")
-    settings = BatchSettings(1, 0.0, 1, intra_op_threads, provider)
+    settings = BatchSettings(1, 0.0, 1, intra_op_threads, provider, decode_workers=decode_workers)
     loaded: dict[str, Models] = {task: {} for task in tasks}
     for model_dir in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = model_versions(repo, model_dir.name)
@@ -360,7 +367,8 @@ class ModelStore:
         retiring = list(self._retiring)
         for task in retiring:
             task.cancel()  # skips the grace wait; the task still drains its batchers
-        await asyncio.gather(*retiring, *(b.close() for b in self.batchers()))
+        await asyncio.gather(*retiring, *(_close(TASKS[task], served) for task, table in self.tables.items()
+                                          for versions in table.values() for served in versions.values()))
 
     # -- internals
 
@@ -386,7 +394,7 @@ class ModelStore:
         try:
             await self._warm_up(task, served)
         except Exception as e:
-            await asyncio.gather(*(b.close() for b in TASKS[task].batchers(served)))
+            await _close(TASKS[task], served)
             self._failed[(name, version)] = (mtime, f"warm-up failed: {type(e).__name__}")
             raise ValueError(f"{name} v{version} warm-up failed: {e}") from e
         self._retire(name, version)  # the version it replaces, when loaded again
@@ -426,10 +434,16 @@ class ModelStore:
             while row.in_use(served) and waited_s < self.settings.max_in_use_s:
                 await asyncio.sleep(0.1)
                 waited_s += 0.1
-        await asyncio.gather(*(b.close() for b in row.batchers(served)))
+        await _close(row, served)
         if version not in self.tables[task].get(name, {}):  # not loaded again meanwhile (its metrics stay)
             self.metrics.model_unloaded(name, version)
         logger.info("unloaded %s v%d", name, version)
+
+
+async def _close(row: TaskServing, served: Any) -> None:
+    """Drain a version's batchers (queued items finish), then stop its decode workers, if any."""
+    await asyncio.gather(*(b.close() for b in row.batchers(served)))
+    close_decoder(getattr(served.model, "lm_decoder", None))
 
 
 def _stamp(folder: Path) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,13 +60,35 @@ class Recognition:
 
 
 class CTCDecoder(Protocol):
-    """Turns one utterance's valid log-probs (T, V) into hypotheses, best first."""
+    """Turns one utterance's valid log-probs (T, V) into hypotheses, best first: `decode` blocks until they
+    are ready; `submit` starts it and returns a future (at once done for decoders that run in the caller's
+    thread, running elsewhere for the worker-process pool, server/decode_pool.py)."""
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
                max_alternatives: int) -> list[Hypothesis]: ...
 
+    def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
+               max_alternatives: int) -> Future[list[Hypothesis]]: ...
 
-class GreedyDecoder:
+
+class InlineDecoder:
+    """`submit` for a decoder that runs in the caller's thread: decodes now, returns a done future."""
+
+    def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
+               max_alternatives: int) -> list[Hypothesis]:
+        raise NotImplementedError
+
+    def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
+               max_alternatives: int) -> Future[list[Hypothesis]]:
+        future: Future[list[Hypothesis]] = Future()
+        try:
+            future.set_result(self.decode(log_probs, frame_s, words=words, max_alternatives=max_alternatives))
+        except Exception as e:  # the caller gets it from result(), as from the pool's futures
+            future.set_exception(e)
+        return future
+
+
+class GreedyDecoder(InlineDecoder):
     """Best path. Confidence: geometric mean over frames of the best token's probability."""
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
@@ -75,7 +98,7 @@ class GreedyDecoder:
         return [Hypothesis(greedy_decode(log_probs), confidence, timings)]
 
 
-class BeamLMDecoder:
+class BeamLMDecoder(InlineDecoder):
     """Beam search fused with an n-gram LM. One hypothesis (the search keeps only its best); confidence
     is its posterior among the final beams."""
 
@@ -104,11 +127,20 @@ def beam_options(extras_decoder: Any) -> BeamOptions:
     return BeamOptions(**extras_decoder)
 
 
-def load_lm_decoder(version_dir: Path, manifest: Manifest) -> BeamLMDecoder | None:
-    """The beam + LM decoder named by `manifest.extras["lm"]`, or None when the model ships no LM.
+@dataclass(frozen=True)
+class LMSpec:
+    """Where a version's LM lives and how to search with it (picklable: decode workers build from it)."""
+
+    arpa: Path
+    unigrams: Path | None
+    options: BeamOptions
+
+
+def lm_spec(version_dir: Path, manifest: Manifest) -> LMSpec | None:
+    """The LM named by `manifest.extras["lm"]`, or None when the model ships no LM.
 
     The LM files must be listed in the manifest's `files` (so their sha256 was checked); ValueError
-    otherwise or when they do not load."""
+    otherwise or when the decoder options are malformed."""
     lm = manifest.extras.get("lm")
     if lm is None:
         return None
@@ -119,15 +151,40 @@ def load_lm_decoder(version_dir: Path, manifest: Manifest) -> BeamLMDecoder | No
     for name in names:
         if name not in manifest.files:
             raise ValueError(f"{version_dir}: LM file {name!r} is not listed in the manifest's files")
-    options = beam_options(manifest.extras.get("decoder"))
+    return LMSpec(version_dir / lm["arpa"], version_dir / lm["unigrams"] if lm.get("unigrams") else None,
+                  beam_options(manifest.extras.get("decoder")))
+
+
+def build_lm_decoder(spec: LMSpec) -> BeamLMDecoder:
+    """The in-process beam + LM decoder of `spec`; ValueError when the LM does not load."""
     try:
-        unigrams = None
-        if lm.get("unigrams"):
-            unigrams = (version_dir / lm["unigrams"]).read_text(encoding="utf-8").split()
-        decoder = CTCBeamDecoder(version_dir / lm["arpa"], unigrams, options)
+        unigrams = spec.unigrams.read_text(encoding="utf-8").split() if spec.unigrams else None
+        decoder = CTCBeamDecoder(spec.arpa, unigrams, spec.options)
     except (OSError, RuntimeError) as e:
-        raise ValueError(f"{version_dir}: cannot load the language model: {e}") from e
+        raise ValueError(f"{spec.arpa.parent}: cannot load the language model: {e}") from e
     return BeamLMDecoder(decoder)
+
+
+def load_lm_decoder(version_dir: Path, manifest: Manifest, workers: int = 0) -> CTCDecoder | None:
+    """The version's beam + LM decoder (None when it ships no LM): in this process with `workers` 0, else
+    a pool of that many started worker processes (server/decode_pool.py). ValueError when anything is off."""
+    spec = lm_spec(version_dir, manifest)
+    if spec is None:
+        return None
+    if workers == 0:
+        return build_lm_decoder(spec)
+    from server.decode_pool import PooledLMDecoder
+
+    pool = PooledLMDecoder(spec, workers)
+    pool.warm_up()
+    return pool
+
+
+def close_decoder(decoder: CTCDecoder | None) -> None:
+    """Stop a decoder's worker processes, if it has any."""
+    close = getattr(decoder, "close", None)
+    if close is not None:
+        close()
 
 
 @dataclass(frozen=True)
@@ -243,10 +300,14 @@ class SpeechCTCModel:
     def run_batch(self, utterances: list[Utterance]) -> list[Recognition | Exception]:
         """One engine run for the batch; each utterance gets its Recognition or its own exception."""
         log_probs, out_lengths = self._infer([u.samples for u in utterances])
+        # every utterance's decode starts before any is awaited: with worker processes they run at once
+        futures = [self._decoder(utt).submit(log_probs[i, : int(out_lengths[i])], self.spec.frame_s,
+                                             words=utt.words, max_alternatives=utt.max_alternatives)
+                   for i, utt in enumerate(utterances)]
         results: list[Recognition | Exception] = []
-        for i, utt in enumerate(utterances):
+        for utt, future in zip(utterances, futures, strict=True):
             try:
-                results.append(self._decode(log_probs[i, : int(out_lengths[i])], utt))
+                results.append(self._recognition(future.result(), utt))
             except Exception as e:  # this utterance's decoding failed; its batch-mates' did not
                 results.append(e)
         return results
@@ -261,10 +322,11 @@ class SpeechCTCModel:
                                f"{out_lengths.shape} for a batch of {len(waves)}")
         return log_probs, out_lengths
 
-    def _decode(self, log_probs: np.ndarray, utt: Utterance) -> Recognition:
-        decoder = self.lm_decoder if utt.use_lm and self.lm_decoder is not None else self.greedy
-        hyps = decoder.decode(log_probs, self.spec.frame_s, words=utt.words,
-                              max_alternatives=utt.max_alternatives)
+    def _decoder(self, utt: Utterance) -> CTCDecoder:
+        return self.lm_decoder if utt.use_lm and self.lm_decoder is not None else self.greedy
+
+    @staticmethod
+    def _recognition(hyps: list[Hypothesis], utt: Utterance) -> Recognition:
         if not hyps:
             raise RuntimeError("the decoder returned no hypothesis")
         return Recognition(tuple(hyps[: utt.max_alternatives]), utt.audio_duration_s)

@@ -88,6 +88,11 @@ class ChunkJob:
     state: dict[str, np.ndarray]  # per state tensor, without the batch axis
 
 
+def is_flush(item: object) -> bool:
+    """A chunk of a stream whose end is known (the batcher's `urgent`: the stream's final waits on it)."""
+    return isinstance(item, ChunkJob) and item.stream_samples >= 0
+
+
 @dataclass(frozen=True, eq=False)
 class ChunkOutput:
     log_probs: np.ndarray  # (n, V): the rows this call finalized (pipeline lag and padding removed)
@@ -160,10 +165,12 @@ class ServedStreamingModel:
 
 
 def load_streaming_model(repo: Path, name: str, version: int, intra_op_threads: int | None = None,
-                         provider: str = "cpu") -> StreamingModel:
-    """One streaming version (with its LM when it ships one), checksums verified; ValueError when off."""
+                         provider: str = "cpu", decode_workers: int = 0) -> StreamingModel:
+    """One streaming version (with its LM when it ships one, decoded in `decode_workers` processes), checksums
+    verified; ValueError when off."""
     engine = load_engine(repo, name, version, intra_op_threads, provider=provider)
-    return StreamingModel(engine, load_lm_decoder(version_dir(Path(repo), name, version), engine.manifest))
+    return StreamingModel(engine, load_lm_decoder(version_dir(Path(repo), name, version), engine.manifest,
+                                                  decode_workers))
 
 
 def warmup_job(model: StreamingModel) -> ChunkJob:

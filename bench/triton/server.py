@@ -2,7 +2,7 @@
 hosting nui's speech CTC model, for bench/serving.py.
 
     LD_LIBRARY_PATH=$(python -c 'import sysconfig; print(sysconfig.get_config_var("LIBDIR"))') \
-        python bench/triton/server.py --version-dir model_repository/speech_ctc/3 --model speech_ctc \
+        python bench/triton/server.py --version-dir model_repository/speech_ctc/4 --model speech_ctc \
         --grpc-port 8001 --max-batch-size 16 --max-queue-delay-ms 10 --intra-op-threads 2
 
 Triton's dynamic batcher gathers up to --max-batch-size requests for at most --max-queue-delay-ms and hands

@@ -181,3 +181,16 @@ async def test_close_finishes_queued_work_and_refuses_new() -> None:
 async def test_invalid_settings(settings: tuple[int, int, int], field: str) -> None:
     with pytest.raises(ValueError, match=field):
         DynamicBatcher(Recorder(), *settings)
+
+
+async def test_an_urgent_item_ends_the_wait_for_batch_mates() -> None:
+    rec = Recorder()
+    b = DynamicBatcher(rec, max_batch_size=8, max_queue_delay_ms=2000, max_queue_size=16, urgent=lambda i: i < 0)
+    t0 = time.monotonic()
+    plain = asyncio.ensure_future(b.submit(1))
+    await asyncio.sleep(0.05)
+    assert not plain.done()  # a lone plain item waits for batch-mates (up to 2 s)
+    assert await b.submit(-1) == -2  # the urgent one leaves at once and takes the waiting item along
+    assert await plain == 2 and time.monotonic() - t0 < 1.0
+    assert rec.batches == [[1, -1]]
+    await b.close()

@@ -12,6 +12,7 @@ from server.speech_ctc import (
     DecodeOptions,
     GreedyDecoder,
     Hypothesis,
+    InlineDecoder,
     Recognition,
     SpeechCTCModel,
     SpeechSpec,
@@ -111,7 +112,7 @@ def test_bad_options(tiny_models: Models, clips: list[bytes], options: DecodeOpt
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and e.value.message.startswith(field)
 
 
-class FakeLM:
+class FakeLM(InlineDecoder):
     """Three hypotheses per utterance; its `fail_on`-th call (0-based) raises."""
 
     def __init__(self, fail_on: int) -> None:
