@@ -248,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-batch-size", type=int, default=64)
     p.add_argument("--max-queue-delay-ms", type=float, default=5.0)
     p.add_argument("--intra-op-threads", type=int, default=None)
+    p.add_argument("--decode-workers", type=int, default=None,
+                   help="the server's --decode-workers (beam + LM decoding processes; default: the server's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "streaming.json")
     p.add_argument("--quick", action="store_true", help="--streams 8,32 --audio-s 4")
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             source = f"random weights, preset {args.random_preset}, chunk {args.chunk_ms:g} ms"
         setup = offline.ServerSetup("streaming", args.max_batch_size, args.max_queue_delay_ms)
         threads = args.intra_op_threads or offline.default_intra_op_threads()
-        server = offline.ServerProcess(repo, setup, threads, Path(tmp) / "server.log")
+        extra = [] if args.decode_workers is None else ["--decode-workers", str(args.decode_workers)]
+        server = offline.ServerProcess(repo, setup, threads, Path(tmp) / "server.log", extra_args=extra)
         rows: list[Row] = []
         entries = read_manifest(args.speech_manifest) if args.speech_manifest is not None else []
         try:
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_s_sent": CHUNK_S, "realtime_p99_ms": args.realtime_p99_ms,
         "realtime_lag_p99_ms": args.realtime_lag_p99_ms, "max_realtime_streams": max_n,
         "server": {"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
-                   "intra_op_threads": threads, "exit_status": status},
+                   "intra_op_threads": threads, "decode_workers": args.decode_workers, "exit_status": status},
         "rows": [asdict(r) for r in rows], "machine": offline.machine_info(),
     }
     offline.write_json(args.out, report)
