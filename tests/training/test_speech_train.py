@@ -127,3 +127,20 @@ def test_two_process_ddp_is_bitwise_reproducible_and_resumes_exactly(tiny_speech
     wc = _weights(resumed)
     assert all(torch.equal(wa[k], wc[k]) for k in wa), "stop + resume == uninterrupted run"
     assert (tmp_path / "a" / "curves.png").is_file() and (tmp_path / "a" / "metrics.json").is_file()
+
+
+def test_ctc_loss_is_the_mean_fp32_ctc_with_its_gradient() -> None:
+    from training.speech_ctc.train import ctc_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 20, 29, requires_grad=True)
+    log_probs = logits.log_softmax(-1).to(torch.bfloat16)  # as autocast may leave them
+    out_lengths, target_lengths = torch.tensor([20, 17, 12]), torch.tensor([5, 4, 3])
+    targets = torch.randint(1, 29, (3, 5))
+    cpu = torch.device("cpu")
+    loss = ctc_loss(log_probs, out_lengths, targets, target_lengths, cpu, deterministic=True)
+    want = torch.nn.functional.ctc_loss(log_probs.float().transpose(0, 1), targets, out_lengths, target_lengths,
+                                        blank=0, reduction="mean", zero_infinity=True)
+    assert loss.dtype == torch.float32 and loss.device == cpu and torch.equal(loss, want)
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0

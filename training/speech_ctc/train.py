@@ -75,6 +75,17 @@ def evaluate(model: SpeechCTC, utts: list[Utterance], device: torch.device, batc
     return {"wer": float(jiwer.wer(refs, hyps)), "cer": float(jiwer.cer(refs, hyps)), "n": float(len(refs))}
 
 
+def ctc_loss(log_probs: torch.Tensor, out_lengths: torch.Tensor, targets: torch.Tensor, target_lengths: torch.Tensor,
+             device: torch.device, deterministic: bool) -> torch.Tensor:
+    """FP32 CTC loss, mean over the batch, on `device`. CUDA's CTC backward has no deterministic kernel
+    (torch refuses it in deterministic mode), so a deterministic run on a GPU computes the loss on the CPU:
+    the log-probs go over, the gradient comes back."""
+    where = torch.device("cpu") if deterministic and device.type == "cuda" else device
+    loss = F.ctc_loss(log_probs.float().transpose(0, 1).to(where), targets.to(where), out_lengths.to(where),
+                      target_lengths.to(where), blank=0, reduction="mean", zero_infinity=True)
+    return loss.to(device)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Run (or resume) training; returns the run folder."""
     info = distributed.init_distributed(cfg.run.device)
@@ -129,8 +140,8 @@ def train(cfg: TrainConfig) -> Path:
             augmented.rng = np.random.default_rng([cfg.run.seed, state.step, info.rank])
         with amp.autocast(amp_mode, info.device):
             log_probs, out_lengths = ddp(batch.audio.to(info.device), batch.audio_lengths.to(info.device))
-        loss = F.ctc_loss(log_probs.float().transpose(0, 1), batch.targets.to(info.device), out_lengths,
-                          batch.target_lengths.to(info.device), blank=0, reduction="mean", zero_infinity=True)
+        loss = ctc_loss(log_probs, out_lengths, batch.targets, batch.target_lengths, info.device,
+                        cfg.run.deterministic)
         return loss, float(batch.audio_lengths.sum()) / model_cfg.sample_rate_hz  # audio seconds
 
     def end_of_epoch() -> None:
