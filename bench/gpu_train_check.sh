@@ -43,5 +43,3 @@ train run.deterministic=true run.out_dir=/tmp/gt/det1
 train run.deterministic=true run.out_dir=/tmp/gt/det2
 compare /tmp/gt/det1 /tmp/gt/det2
 compare /tmp/gt/amp /tmp/gt/det1
-cp /tmp/gt/amp/metrics.json "$OUT/gpu_train_amp_metrics.json" 2>/dev/null
-cp /tmp/gt/det1/metrics.json "$OUT/gpu_train_det_metrics.json" 2>/dev/null
