@@ -262,14 +262,21 @@ async def start_server(config: ServerConfig, models: dict[str, dict[int, SpeechC
                        captioner_models: dict[str, dict[int, CaptionerModel]] | None = None) -> SpeechServer:
     """Load the repository (or use `models` / `diagnosis_models` / `streaming_models` / `captioner_models`,
     already loaded: then only those are served), bind, register every service of SERVICES, start, warm
-    every model up, report SERVING. ValueError when the execution provider is missing from this ONNX
-    Runtime build or the repository does not load."""
+    every model up, report SERVING. An empty repository starts a server that serves nothing yet (each
+    service NOT_SERVING until a model for it loads). ValueError when the execution provider is missing from
+    this ONNX Runtime build, the repository folder is missing or a version in it does not load."""
     resolve_providers(config.provider)  # before loading anything: name what this build has
     preloaded: dict[str, Models] = {SPEECH_TASK: models or {}, DIAGNOSIS_TASK: diagnosis_models or {},
                                     STREAMING_TASK: streaming_models or {}, CAPTIONER_TASK: captioner_models or {}}
     if models is None and diagnosis_models is None and streaming_models is None and captioner_models is None:
         preloaded = await asyncio.to_thread(load_repository, config.repo, intra_op_threads=config.intra_op_threads,
-                                            provider=config.provider, decode_workers=config.decode_workers)
+                                            provider=config.provider, require_any=False,
+                                            decode_workers=config.decode_workers)
+        if not any(preloaded.values()):
+            logger.warning("model repository %s holds no model yet: every service answers UNAVAILABLE until one "
+                           "is loaded (%s)", config.repo,
+                           f"polled every {config.poll_repository_s:g} s" if config.poll_repository_s
+                           else "RepositoryModelLoad, or --poll-repository-s")
     metrics = ServerMetrics()
     store = ModelStore(config.repo, BatchSettings(
         config.max_batch_size, config.max_queue_delay_ms, config.max_queue_size, config.intra_op_threads,

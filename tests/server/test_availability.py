@@ -25,7 +25,7 @@ from proto import (
 )
 from server.app import ServerConfig, start_server
 from tests.captioner_tiny import CAPTIONS, picture_bytes
-from tests.server.helpers import wait_until
+from tests.server.helpers import encode, make_clip, wait_until
 from tests.server.test_caption_service import caption_repo  # noqa: F401  (fixture)
 
 SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
@@ -91,3 +91,30 @@ async def test_a_captioner_added_while_serving_is_served_without_a_restart(
             watch.cancel()
     finally:
         await server.stop(0)
+
+
+async def test_an_empty_repository_starts_a_server_that_serves_what_is_copied_in(
+        tiny_repo: Path, tmp_path: Path) -> None:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    server = await start_server(ServerConfig(repo=repo, port=0, intra_op_threads=1, poll_repository_s=0.1))
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service="nui.v1.Speech"))
+            assert (await watch.read()).status == NOT_SERVING
+            speech = speech_pb2_grpc.SpeechStub(channel)
+            request = speech_pb2.RecognizeRequest(audio=encode(make_clip(1.0, seed=1)))
+            refused = await _refused(speech.Recognize(request, timeout=10))
+            assert refused.code() == grpc.StatusCode.UNAVAILABLE and "'speech_ctc'" in refused.details()
+            staging = tmp_path / "staging"
+            shutil.copytree(tiny_repo / "speech_ctc", staging)
+            os.rename(staging, repo / "speech_ctc")
+            assert (await asyncio.wait_for(watch.read(), timeout=60)).status == SERVING
+            reply = await speech.Recognize(request, timeout=30)
+            assert (reply.model, reply.model_version) == ("speech_ctc", 1)
+            watch.cancel()
+    finally:
+        await server.stop(0)
+    with pytest.raises(ValueError, match="does not exist"):
+        await start_server(ServerConfig(repo=tmp_path / "missing", port=0))
