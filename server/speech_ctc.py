@@ -301,9 +301,7 @@ class SpeechCTCModel:
         """One engine run for the batch; each utterance gets its Recognition or its own exception."""
         log_probs, out_lengths = self._infer([u.samples for u in utterances])
         # every utterance's decode starts before any is awaited: with worker processes they run at once
-        futures = [self._decoder(utt).submit(log_probs[i, : int(out_lengths[i])], self.spec.frame_s,
-                                             words=utt.words, max_alternatives=utt.max_alternatives)
-                   for i, utt in enumerate(utterances)]
+        futures = [self._start_decode(log_probs[i, : int(out_lengths[i])], utt) for i, utt in enumerate(utterances)]
         results: list[Recognition | Exception] = []
         for utt, future in zip(utterances, futures, strict=True):
             try:
@@ -322,8 +320,15 @@ class SpeechCTCModel:
                                f"{out_lengths.shape} for a batch of {len(waves)}")
         return log_probs, out_lengths
 
-    def _decoder(self, utt: Utterance) -> CTCDecoder:
-        return self.lm_decoder if utt.use_lm and self.lm_decoder is not None else self.greedy
+    def _start_decode(self, log_probs: np.ndarray, utt: Utterance) -> Future[list[Hypothesis]]:
+        decoder = self.lm_decoder if utt.use_lm and self.lm_decoder is not None else self.greedy
+        try:
+            return decoder.submit(log_probs, self.spec.frame_s, words=utt.words,
+                                  max_alternatives=utt.max_alternatives)
+        except Exception as e:  # e.g. a broken decode pool: this utterance fails, not its batch
+            failed: Future[list[Hypothesis]] = Future()
+            failed.set_exception(e)
+            return failed
 
     @staticmethod
     def _recognition(hyps: list[Hypothesis], utt: Utterance) -> Recognition:
