@@ -7,8 +7,9 @@ No gRPC and no torch here, so the server and the in-process `nui transcribe` sha
     [recognition] = model.run_batch([utt])  # a Recognition, or the item's own Exception
 
 `run_batch` is the dynamic batcher's batch function: it pads the waveforms to the longest, runs the
-engine once, slices each utterance's valid frames (`out_lengths`) and decodes each one on its own, so a
-decoding failure is returned for that utterance only. Padding never changes valid frames (the model is
+engine once, slices each utterance's valid frames (`out_lengths`) and decodes each one on its own (all at
+once when the LM decoder is a worker-process pool, server/decode_pool.py), so a decoding failure is
+returned for that utterance only. Padding never changes valid frames (the model is
 batch-invariant), so a clip's transcript does not depend on its batch-mates. Padding does cost engine
 work, so the batcher groups clips of similar length (`padded_size`, `max_padding_waste`).
 
