@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import io
 import logging
 import os
@@ -43,7 +42,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
@@ -52,6 +50,9 @@ from PIL import Image
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 if str(ROOT) not in sys.path:  # `python bench/captioner.py` from the repository root
     sys.path.insert(0, str(ROOT))
 
@@ -63,17 +64,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "captioner.json"
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "hubble_deep_field", "immunohistochemistry")
 
 
-def _speech_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): its server process, load-window and report helpers."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-speech_bench = _speech_bench()
 SERVER_CONFIGS = (speech_bench.ServerSetup("batching on", 16, 5.0), speech_bench.ServerSetup("batching off", 1, 5.0))
 
 

@@ -45,7 +45,6 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
-import importlib.util
 import io
 import json
 import logging
@@ -64,7 +63,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
@@ -84,6 +82,9 @@ from proto import caption_pb2, caption_pb2_grpc, diagnosis_pb2, diagnosis_pb2_gr
 logger = logging.getLogger("bench.fuzz")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 DEFAULT_OUT = ROOT / "bench" / "results" / "fuzz.json"
 STREAMING_MODEL = "speech_ctc_streaming"
 RATE_HZ = 16000
@@ -103,16 +104,6 @@ UNARY_METHODS = (  # every unary method a client can reach: undecodable bytes go
     "/grpc.health.v1.Health/Check")
 STREAM_METHODS = ("/nui.v1.Speech/StreamingRecognize", "/nvidia.riva.asr.RivaSpeechRecognition/StreamingRecognize",
                   "/inference.GRPCInferenceService/ModelStreamInfer")
-
-
-def _speech_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): ServerProcess, make_clips, machine_info, write_json."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -1090,7 +1081,7 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.calls, args.concurrency, args.overload_calls, args.max_queue_size, args.max_streams) < 1:
         print("bench/fuzz.py: error: counts and sizes must be >= 1", file=sys.stderr)
         return 1
-    sb = _speech_bench()
+    sb = speech_bench
     command = shlex.join(["python", "bench/fuzz.py", *argv])
     started = time.perf_counter()
     machine = sb.machine_info()

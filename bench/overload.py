@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import logging
 import os
 import shlex
@@ -57,19 +56,12 @@ from proto import speech_pb2, speech_pb2_grpc
 logger = logging.getLogger("bench.overload")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 DEFAULT_OUT = ROOT / "bench" / "results" / "overload.json"
 BACKOFF_S = 0.02  # a closed-loop caller refused by the server waits this long before calling again
 GUARD_S = 5.0  # a call with no answer by its deadline + this is lost
-
-
-def _speech_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): ServerProcess, make_clips, machine_info, write_json."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -340,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     if not budgets or min(budgets) < 0 or args.multiple <= 0 or min(args.overload_s, args.capacity_s) <= 0:
         print("bench/overload.py: error: budgets >= 0, a positive --multiple and durations needed", file=sys.stderr)
         return 1
-    sb = _speech_bench()
+    sb = speech_bench
     machine = sb.machine_info()
     clips = sb.make_clips(args.clips, args.seed)
     config = speech_pb2.RecognitionConfig(decoder=speech_pb2.DECODER_GREEDY)

@@ -81,6 +81,9 @@ import numpy as np
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 if str(ROOT) not in sys.path:  # `python bench/serving.py` from the repository root
     sys.path.insert(0, str(ROOT))
 
@@ -95,17 +98,6 @@ TRITON_SERVER = ROOT / "bench" / "triton" / "server.py"
 TARGETS = ("nui", "nui-nobatch", "torchserve", "triton")
 
 
-def _speech_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): clips, server process, load loop, report helpers."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-speech_bench = _speech_bench()
 
 
 @dataclass(frozen=True)

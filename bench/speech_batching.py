@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import importlib.util
 import json
 import os
 import resource
@@ -33,12 +32,14 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 if str(ROOT) not in sys.path:  # `python bench/speech_batching.py` from the repository root
     sys.path.insert(0, str(ROOT))
 
@@ -49,16 +50,6 @@ from server.batcher import DynamicBatcher  # noqa: E402
 from server.speech_ctc import DecodeOptions, Recognition, SpeechCTCModel, Utterance, load_lm_decoder  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "speech_batching.json"
-
-
-def _speech_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): the clips and machine info."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @dataclass(frozen=True)
@@ -168,8 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or args.intra_op_threads < 1:
         print("bench/speech_batching.py: error: --reps and --intra-op-threads must be >= 1", file=sys.stderr)
         return 1
-    speech_bench = _speech_bench()
-    machine = speech_bench.machine_info()
+        machine = speech_bench.machine_info()
     engine = load_engine(args.repo, args.model, intra_op_threads=args.intra_op_threads)
     model = SpeechCTCModel(engine, load_lm_decoder(version_dir(args.repo, args.model, engine.version),
                                                    engine.manifest))

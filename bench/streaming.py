@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import logging
 import shlex
@@ -41,7 +40,6 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import grpc
@@ -52,18 +50,11 @@ from proto import speech_pb2, speech_pb2_grpc
 logger = logging.getLogger("bench.streaming")
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
+from bench import speech_ctc as speech_bench  # noqa: E402
+
 SAMPLE_RATE_HZ = 16000
 CHUNK_S = 0.1
-
-
-def _offline_bench() -> ModuleType:
-    """bench/speech_ctc.py (scripts are not a package): its server process and machine helpers."""
-    spec = importlib.util.spec_from_file_location("bench_speech_ctc", ROOT / "bench" / "speech_ctc.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def speechlike(seconds: float, seed: int) -> np.ndarray:
@@ -257,7 +248,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.quick:
         args.streams, args.audio_s = (8, 32), 4.0
-    offline = _offline_bench()
     with tempfile.TemporaryDirectory(prefix="nui-bench-streaming-") as tmp:
         repo = args.repo
         source = f"{args.repo}/{args.model}"
@@ -272,10 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             export_speech_ctc_streaming(build(get_preset(args.random_preset)).eval(), repo, args.model, 1,
                                         chunk_ms=args.chunk_ms)
             source = f"random weights, preset {args.random_preset}, chunk {args.chunk_ms:g} ms"
-        setup = offline.ServerSetup("streaming", args.max_batch_size, args.max_queue_delay_ms)
-        threads = args.intra_op_threads or offline.default_intra_op_threads()
+        setup = speech_bench.ServerSetup("streaming", args.max_batch_size, args.max_queue_delay_ms)
+        threads = args.intra_op_threads or speech_bench.default_intra_op_threads()
         extra = [] if args.decode_workers is None else ["--decode-workers", str(args.decode_workers)]
-        server = offline.ServerProcess(repo, setup, threads, Path(tmp) / "server.log", extra_args=extra)
+        server = speech_bench.ServerProcess(repo, setup, threads, Path(tmp) / "server.log", extra_args=extra)
         rows: list[Row] = []
         entries = read_manifest(args.speech_manifest) if args.speech_manifest is not None else []
         try:
@@ -311,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         "realtime_lag_p99_ms": args.realtime_lag_p99_ms, "max_realtime_streams": max_n,
         "server": {"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
                    "intra_op_threads": threads, "decode_workers": args.decode_workers, "exit_status": status},
-        "rows": [asdict(r) for r in rows], "machine": offline.machine_info(),
+        "rows": [asdict(r) for r in rows], "machine": speech_bench.machine_info(),
     }
-    offline.write_json(args.out, report)
+    speech_bench.write_json(args.out, report)
     plot(rows, args.out.with_suffix(".png"), title, args.realtime_p99_ms)
     print(f"wrote {args.out}")
     return 0 if rows and status == 0 else 1
