@@ -27,6 +27,8 @@ from server.repository import default_repo
 
 logger = logging.getLogger(__name__)
 
+MAX_DEFAULT_DECODE_WORKERS = 4
+
 
 def build_parser() -> argparse.ArgumentParser:
     d = ServerConfig(repo=Path())
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "tensorrt need an onnxruntime-gpu build (start-up fails naming what this build has)")
     p.add_argument("--decode-workers", type=int, default=None,
                    help="processes per speech model version that run beam + LM decoding in parallel; 0: in the "
-                        "server's own threads, one at a time (default: one per CPU core, 0 on one core)")
+                        "server's own threads, one at a time (default: one per CPU core, at most 4; 0 on one core)")
     p.add_argument("--shutdown-grace-s", type=float, default=d.shutdown_grace_s)
     p.add_argument("--metrics-port", type=int, default=0,
                    help="serve Prometheus /metrics on this port of --host; 0: off (default)")
@@ -92,13 +94,14 @@ def read_token(path: Path) -> str:
 
 
 def default_decode_workers(asked: int | None) -> int:
-    """--decode-workers as given, else one per CPU core this process may use (0 with a single core)."""
+    """--decode-workers as given, else one per CPU core this process may use, at most 4 (each worker holds
+    its own copy of the LM, per speech version), and 0 with a single core."""
     if asked is not None:
         if asked < 0:
             raise ValueError(f"--decode-workers must be >= 0, got {asked}")
         return asked
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return cores if cores > 1 else 0
+    return min(cores, MAX_DEFAULT_DECODE_WORKERS) if cores > 1 else 0
 
 
 def config_from_args(args: argparse.Namespace) -> ServerConfig:

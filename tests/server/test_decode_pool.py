@@ -101,6 +101,6 @@ async def test_server_with_decode_workers_answers_like_in_process(lm_repo: Path,
 def test_default_decode_workers() -> None:
     assert default_decode_workers(3) == 3 and default_decode_workers(0) == 0
     cores = len(os.sched_getaffinity(0))
-    assert default_decode_workers(None) == (cores if cores > 1 else 0)
+    assert default_decode_workers(None) == (min(cores, 4) if cores > 1 else 0)
     with pytest.raises(ValueError, match=">= 0"):
         default_decode_workers(-1)
