@@ -1,4 +1,4 @@
-"""Beam + LM decoding in worker processes (`nui serve --decode-workers N`, default: one per CPU core).
+"""Beam + LM decoding in worker processes (`nui serve --decode-workers N`, default: one per CPU core, at most 4).
 
 pyctcdecode's beam search is Python, and kenlm's scorer holds the GIL while it scores, so LM decodes in
 threads run one at a time. They also take the GIL from the event loop, the gRPC threads and the batcher
