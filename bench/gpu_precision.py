@@ -114,7 +114,7 @@ def _speech(folder: Path, data: Path, device: str, batch: int, repeats: int) -> 
 
 
 def _captioner(folder: Path, data: Path, device: str, batch: int, repeats: int) -> dict[str, Any]:
-    from engines.fp16_parity import compare_captioner
+    from engines.fp16_parity import compare_captioner, decoder_step
     from engines.torch_engine import TorchEngine
     from models.caption_beam import greedy_search
     from models.caption_text import BOS, EOS, PAD, UNK
@@ -135,12 +135,7 @@ def _captioner(folder: Path, data: Path, device: str, batch: int, repeats: int) 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             out = enc.run(feed)
             state = {k: out[k] for k in ("memory", "keys", "state")}
-
-            def step(tokens: np.ndarray, s: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-                o = dec.run({"tokens": tokens, **s})
-                return o["log_probs"], {**s, "state": o["state_out"]}
-
-            greedy_search(step, state, len(feed["images"]), BOS, EOS, max_len - 1, (PAD, BOS, UNK))
+            greedy_search(decoder_step(dec.run), state, len(feed["images"]), BOS, EOS, max_len - 1, (PAD, BOS, UNK))
             return out
         return run
 

@@ -38,6 +38,18 @@ print(f"{len(a)} tensors of {runs[0].parent.name} and {runs[1].parent.name}: "
       + ("bitwise identical" if same else "DIFFERENT"))
 PY
 }
+# why deterministic runs compute the CTC loss on the CPU: CUDA's CTC backward refuses deterministic mode
+python3 -c "
+import torch, torch.nn.functional as F
+torch.use_deterministic_algorithms(True)
+lp = torch.randn(50, 2, 29, device='cuda', requires_grad=True).log_softmax(-1)
+loss = F.ctc_loss(lp, torch.randint(1, 29, (2, 10), device='cuda'), torch.tensor([50, 40]), torch.tensor([10, 8]))
+try:
+    loss.backward()
+    print('CUDA CTC backward ran in deterministic mode')
+except RuntimeError as e:
+    print('CUDA CTC backward in deterministic mode:', str(e)[:100])
+"
 train run.deterministic=false run.out_dir=/tmp/gt/amp
 train run.deterministic=true run.out_dir=/tmp/gt/det1
 train run.deterministic=true run.out_dir=/tmp/gt/det2

@@ -136,7 +136,8 @@ def compare_diagnosis(r32: Run, r16: Run, evidence: np.ndarray, age_years: np.nd
             "passed": bool(max_diff <= tol["max_prob_diff"] and agree >= tol["min_top5_agreement"])}
 
 
-def _step(run: Run) -> StepFn:
+def decoder_step(run: Run) -> StepFn:
+    """The captioner's decoder-step graph as a `greedy_search` / `beam_search` step function."""
     def step(tokens: np.ndarray, state: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         out = run({"tokens": tokens, **state})
         return out["log_probs"], {**state, "state": out["state_out"]}
@@ -169,7 +170,7 @@ def compare_captioner(r32: tuple[Run, Run], r16: tuple[Run, Run], images: np.nda
             out = enc({"images": batch})
             outs.setdefault(name, []).extend(out.values())  # the domain check's outputs too, where present
             state = {k: out[k] for k in ("memory", "keys", "state")}
-            hyps = greedy_search(_step(dec), state, len(batch), BOS, EOS, max_length, (PAD, BOS, UNK))
+            hyps = greedy_search(decoder_step(dec), state, len(batch), BOS, EOS, max_length, (PAD, BOS, UNK))
             caps[name] += [h.tokens for h in hyps]
     for a, b in zip(outs["fp32"], outs["fp16"], strict=True):
         max_diff = max(max_diff, float(np.abs(a - b).max()))

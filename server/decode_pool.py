@@ -12,9 +12,10 @@ batch (and the finals of concurrent streams) decode in parallel on every core:
     hyps = [f.result() for f in futures]                # concurrently; `decode` is submit + result
     decoder.close()
 
-Workers are spawned (not forked: the server has gRPC threads), so a pool costs a second or two of start-up
-per worker, paid at load time (`warm_up`), before the version is served. A worker that dies fails only
-the decodes it held (BrokenProcessPool, a RuntimeError); the pool is started afresh for the next ones.
+Workers are spawned (not forked: the server has gRPC threads), so each starts a fresh interpreter and
+loads the LM; that start-up is paid at load time (`warm_up`), before the version is served. A worker that
+dies fails only the decodes it held (BrokenProcessPool, a RuntimeError); the pool is started afresh for the
+next ones.
 Only log-prob arrays and hypotheses cross the process boundary; each worker reads the LM files itself.
 """
 
@@ -98,7 +99,7 @@ class PooledLMDecoder:
         try:
             for f in concurrent.futures.as_completed(futures, timeout=timeout_s):
                 f.result()
-        except (BrokenProcessPool, RuntimeError, OSError, TimeoutError) as e:
+        except (RuntimeError, OSError, TimeoutError) as e:  # BrokenProcessPool is a RuntimeError
             self.close()
             raise ValueError(f"{self.spec.arpa}: the decode workers could not start: {e}") from e
 

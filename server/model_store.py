@@ -47,7 +47,7 @@ from server.diagnosis_service import ServedDiagnosisModel
 from server.errors import RequestError, invalid_argument, not_found
 from server.metrics import ServerMetrics
 from server.speech_ctc import TASK as SPEECH_TASK
-from server.speech_ctc import SpeechCTCModel, close_decoder, load_lm_decoder
+from server.speech_ctc import SpeechCTCModel, load_lm_decoder
 from server.speech_service import ServedModel
 from server.streaming import TASK as STREAMING_TASK
 from server.streaming import ServedStreamingModel, is_flush, load_streaming_model, warmup_job
@@ -92,6 +92,7 @@ class TaskServing:
     tensors: bool = False  # KServe ModelInfer: the engine's own tensors through the served `batcher`
     in_use: Callable[[Any], bool] = lambda served: False  # a retired version drains once this is False
     stale: Callable[[Path, Any], bool] = lambda repo, served: False  # load again: a dependency changed
+    close: Callable[[Any], None] = lambda served: None  # after its batchers drained: free what else it holds
 
 
 def _tensor_batcher(model: Any, s: BatchSettings, observer_for: ObserverFor, *, wait_budget: bool = True,
@@ -145,7 +146,7 @@ TASKS: dict[str, TaskServing] = {
         load=_load_speech,
         serve=lambda m, s, obs: ServedModel(m, _tensor_batcher(m, s, obs)),
         warm_up=lambda served: _run_once(served, warmup_request(served.model.engine.manifest)),
-        batchers=lambda served: [served.batcher], tensors=True),
+        batchers=lambda served: [served.batcher], tensors=True, close=lambda served: served.model.close()),
     DIAGNOSIS_TASK: TaskServing(
         load=_load_diagnosis,
         serve=lambda m, s, obs: ServedDiagnosisModel(m, _tensor_batcher(m, s, obs)),
@@ -160,7 +161,7 @@ TASKS: dict[str, TaskServing] = {
                                                                         urgent=is_flush)),
         warm_up=lambda served: _run_once(served, warmup_job(served.model)),
         batchers=lambda served: [served.batcher], tensors=True,  # one chunk, the client holding the state
-        in_use=lambda served: served.open_streams > 0),
+        in_use=lambda served: served.open_streams > 0, close=lambda served: served.model.close()),
     CAPTIONER_TASK: TaskServing(
         load=lambda repo, name, v, s: load_captioner_version(repo, name, v, s.intra_op_threads, s.provider),
         serve=lambda m, s, obs: ServedCaptioner.create(
@@ -441,9 +442,9 @@ class ModelStore:
 
 
 async def _close(row: TaskServing, served: Any) -> None:
-    """Drain a version's batchers (queued items finish), then stop its decode workers, if any."""
+    """Drain a version's batchers (queued items finish), then free what else it holds (decode workers)."""
     await asyncio.gather(*(b.close() for b in row.batchers(served)))
-    close_decoder(getattr(served.model, "lm_decoder", None))
+    row.close(served)
 
 
 def _stamp(folder: Path) -> tuple[int, ...]:

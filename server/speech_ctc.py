@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from abc import ABC, abstractmethod
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +64,8 @@ class Recognition:
 class CTCDecoder(Protocol):
     """Turns one utterance's valid log-probs (T, V) into hypotheses, best first: `decode` blocks until they
     are ready; `submit` starts it and returns a future (at once done for decoders that run in the caller's
-    thread, running elsewhere for the worker-process pool, server/decode_pool.py)."""
+    thread, running elsewhere for the worker-process pool, server/decode_pool.py); `close` frees what the
+    decoder holds (the pool's processes) once its version is unloaded."""
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
                max_alternatives: int) -> list[Hypothesis]: ...
@@ -71,13 +73,16 @@ class CTCDecoder(Protocol):
     def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
                max_alternatives: int) -> Future[list[Hypothesis]]: ...
 
+    def close(self) -> None: ...
 
-class InlineDecoder:
-    """`submit` for a decoder that runs in the caller's thread: decodes now, returns a done future."""
 
+class InlineDecoder(ABC):
+    """A decoder that runs in the caller's thread: `submit` decodes now and returns a done future; nothing
+    to close."""
+
+    @abstractmethod
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]:
-        raise NotImplementedError
+               max_alternatives: int) -> list[Hypothesis]: ...
 
     def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
                max_alternatives: int) -> Future[list[Hypothesis]]:
@@ -87,6 +92,9 @@ class InlineDecoder:
         except Exception as e:  # the caller gets it from result(), as from the pool's futures
             future.set_exception(e)
         return future
+
+    def close(self) -> None:
+        return None
 
 
 class GreedyDecoder(InlineDecoder):
@@ -179,13 +187,6 @@ def load_lm_decoder(version_dir: Path, manifest: Manifest, workers: int = 0) -> 
     pool = PooledLMDecoder(spec, workers)
     pool.warm_up()
     return pool
-
-
-def close_decoder(decoder: CTCDecoder | None) -> None:
-    """Stop a decoder's worker processes, if it has any."""
-    close = getattr(decoder, "close", None)
-    if close is not None:
-        close()
 
 
 @dataclass(frozen=True)
@@ -310,6 +311,11 @@ class SpeechCTCModel:
             except Exception as e:  # this utterance's decoding failed; its batch-mates' did not
                 results.append(e)
         return results
+
+    def close(self) -> None:
+        """Free the decoders' resources (the LM decode pool's processes) once this version is unloaded."""
+        if self.lm_decoder is not None:
+            self.lm_decoder.close()
 
     def _infer(self, waves: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         audio, lengths = pad_batch(waves)

@@ -121,6 +121,11 @@ class StreamingModel:
     def version(self) -> int:
         return self.engine.version
 
+    def close(self) -> None:
+        """Free the decoders' resources (the LM decode pool's processes) once this version is unloaded."""
+        if self.lm_decoder is not None:
+            self.lm_decoder.close()
+
     def initial_state(self) -> dict[str, np.ndarray]:
         return {t.name: np.zeros(t.shape, dtype=t.dtype) for t in self.spec.states}
 
