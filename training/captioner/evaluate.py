@@ -77,14 +77,16 @@ def decode(model: Captioner, tokenizer: CaptionTokenizer, images: torch.Tensor, 
 
 def scene_recall(coco_json: Path, items: list[CaptionedImage], hyps: list[str]) -> dict[str, float] | None:
     """How often captions name what the scene holds (`nui data captions` metadata; None for other data):
-    object recall (each object's name, singular or plural, in the caption), images with every object
-    named, and images whose background phrase ("on grass") is in the caption."""
+    object recall (each object's name, singular or plural, in the caption), the same over scenes of one
+    kind of object and of two kinds (the held-out pairings), images with every object named, and images
+    whose background phrase ("on grass") is in the caption."""
     import inflect
 
     meta = {im["id"]: im.get("nui") for im in json.loads(coco_json.read_text())["images"]}
     phrases = {b.name: b.phrase for b in backgrounds()}
     engine = inflect.engine()
     named = total = all_named = bg_named = scenes = 0
+    by_kinds: dict[int, list[int]] = {}  # kinds of object in the scene -> [objects named, objects]
     for item, hyp in zip(items, hyps, strict=True):
         m = meta.get(item.image_id)
         if not m or m.get("kind") != "scene":
@@ -92,12 +94,15 @@ def scene_recall(coco_json: Path, items: list[CaptionedImage], hyps: list[str]) 
         text = f" {hyp} "
         hits = [f" {o['name']} " in text or f" {engine.plural_noun(o['name'])} " in text for o in m["objects"]]
         named, total, scenes = named + sum(hits), total + len(hits), scenes + 1
+        tally = by_kinds.setdefault(len(hits), [0, 0])
+        tally[0], tally[1] = tally[0] + sum(hits), tally[1] + len(hits)
         all_named += all(hits)
         bg_named += f" {phrases.get(m['background'], m['background'])} " in text
     if not scenes:
         return None
     return {"object_recall": named / total, "all_objects_named": all_named / scenes,
-            "background_named": bg_named / scenes, "scenes": float(scenes)}
+            "background_named": bg_named / scenes, "scenes": float(scenes),
+            **{f"object_recall_{k}_kinds": hit / n for k, (hit, n) in sorted(by_kinds.items())}}
 
 
 def sample_grid(path: Path, images: list[np.ndarray], titles: list[str], cols: int = 4) -> None:
@@ -289,8 +294,11 @@ def main(argv: list[str] | None = None) -> int:
         grid = [t.permute(1, 2, 0).numpy() for t in pics.values()]
         sample_grid(args.out.with_name(args.out.stem + "_photos.png"), grid, titles)
     for name, m in result["metrics"].items():
-        named = (f"; objects named {100 * m['object_recall']:.1f}%, all objects {100 * m['all_objects_named']:.1f}%, "
-                 f"background {100 * m['background_named']:.1f}%" if "object_recall" in m else "")
+        kinds = ", ".join(f"{k.split('_')[2]} kind(s) {100 * v:.1f}%" for k, v in m.items()
+                          if k.startswith("object_recall_"))
+        named = (f"; objects named {100 * m['object_recall']:.1f}% ({kinds}), "
+                 f"all objects {100 * m['all_objects_named']:.1f}%, background {100 * m['background_named']:.1f}%"
+                 if "object_recall" in m else "")
         print(f"{args.split} {name}: BLEU-4 {m['bleu4']:.3f} CIDEr {m['cider']:.3f} ({int(m['n'])} images){named}")
     if "domain" in result:
         print(f"{args.split} out of domain: {result['domain']['flagged']} of {result['images']} images "
