@@ -83,8 +83,14 @@ class Row:
     total_requests: int
 
 
-def make_images(max_images: int) -> list[tuple[str, bytes]]:
-    """(name, JPEG bytes) of scikit-image's bundled photos, RGB, quality 90."""
+def make_images(max_images: int, image_dir: Path | None = None) -> list[tuple[str, bytes]]:
+    """(name, JPEG bytes) of scikit-image's bundled photos, RGB, quality 90; with `image_dir`, the bytes of
+    its first `max_images` JPEG/PNG/WebP files by name (e.g. held-out caption scenes)."""
+    if image_dir is not None:
+        files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        if not files:
+            raise ValueError(f"no JPEG/PNG/WebP images in {image_dir}")
+        return [(f.name, f.read_bytes()) for f in files[:max_images]]
     import skimage.data
 
     out = []
@@ -260,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=3)
     p.add_argument("--max-length", type=int, default=12,
                    help="most tokens per caption, at most the model's limit (a typical caption: ~10 words + EOS)")
-    p.add_argument("--images", type=int, default=len(PHOTOS), help=f"how many of the {len(PHOTOS)} photos")
+    p.add_argument("--images", type=int, default=len(PHOTOS),
+                   help=f"how many of the {len(PHOTOS)} photos (or of --image-dir's images)")
+    p.add_argument("--image-dir", type=Path, default=None,
+                   help="send these images instead of the photos, e.g. data/captions/images/test (held-out scenes: "
+                        "in domain, so every request runs the decoder; most photos are answered by the domain check)")
     p.add_argument("--request-timeout-s", type=float, default=120.0)
     p.add_argument("--intra-op-threads", type=int, default=2, help="ONNX Runtime threads per engine run")
     p.add_argument("--seed", type=int, default=0)
@@ -291,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     machine = speech_bench.machine_info()
     try:
-        images = make_images(args.images)
+        images = make_images(args.images, args.image_dir)
         with model_repo(args) as (repo, source), tempfile.TemporaryDirectory(prefix="nui-bench-") as workdir:
             from engines.manifest import read_manifest, version_dir
 
@@ -311,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "model": {"source": source, "repo": str(repo), "name": manifest.model, "precision": manifest.precision,
                   "config": manifest.config, "size_bytes": manifest.extras.get("size_bytes"),
                   "source_checkpoint_sha256": manifest.source_checkpoint_sha256},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "repo")},
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()
+                     if k not in ("out", "repo")},
         "images": [{"name": n, "jpeg_bytes": len(d)} for n, d in images],
         "server_configs": servers, "rows": [asdict(r) for r in rows],
     }

@@ -50,3 +50,17 @@ def test_images_are_real_jpeg_photos() -> None:
     for _, data in images:
         with Image.open(io.BytesIO(data)) as im:
             assert im.format == "JPEG" and im.mode == "RGB" and min(im.size) >= 300
+
+
+def test_images_from_a_folder_are_its_image_files_as_they_are(tmp_path: Path) -> None:
+    bench = load_bench()
+    for name, fmt in (("b.png", "PNG"), ("a.jpg", "JPEG"), ("c.webp", "WEBP")):
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(tmp_path / name, format=fmt)
+    (tmp_path / "notes.txt").write_text("not an image")
+    images = bench.make_images(2, tmp_path)
+    assert [name for name, _ in images] == ["a.jpg", "b.png"]
+    assert images[0][1] == (tmp_path / "a.jpg").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no JPEG/PNG/WebP images"):
+        bench.make_images(2, empty)
