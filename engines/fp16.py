@@ -36,7 +36,7 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -72,9 +72,11 @@ class Fp16Plan:
 
     island_scopes: tuple[str, ...] = ()  # node-name prefixes kept FP32 whole (the exporter's module scopes)
     island_ops: tuple[str, ...] = FP32_OPS
+    island_outputs: tuple[str, ...] = ()  # graph outputs whose own nodes (those no other output needs) stay FP32
 
     def to_dict(self) -> dict[str, Any]:
-        return {"island_scopes": list(self.island_scopes), "island_ops": list(self.island_ops)}
+        return {"island_scopes": list(self.island_scopes), "island_ops": list(self.island_ops),
+                "island_outputs": list(self.island_outputs)}
 
 
 # Per task. The speech featurizer's |STFT|^2 underflows FP16 on quiet audio and the utterance normalisation
@@ -82,7 +84,9 @@ class Fp16Plan:
 PLANS: dict[str, Fp16Plan] = {
     "speech_ctc": Fp16Plan(island_scopes=("/featurizer/", "/feature_norm/")),
     "diagnosis": Fp16Plan(),
-    "captioner": Fp16Plan(),
+    # The out-of-domain check (engines/export_captioner.py) measures a distance as a sum of 1,280 squared
+    # differences of unit-length features against FP32 statistics: in FP16 it is off by tens of units.
+    "captioner": Fp16Plan(island_outputs=("domain_score", "label_probs")),
 }
 
 
@@ -115,6 +119,7 @@ def convert_graph(src: Path, dst: Path, plan: Fp16Plan) -> tuple[int, dict[str, 
     model = onnx.load(str(src))
     types = _elem_types(model)
     scoped = [n.name for n in model.graph.node if n.name.startswith(plan.island_scopes)] if plan.island_scopes else []
+    scoped += [n.name for n in output_owned_nodes(model.graph, plan.island_outputs) if n.name not in scoped]
     block_ops = sorted({*DEFAULT_OP_BLOCK_LIST, *plan.island_ops})
     islands: collections.Counter[str] = collections.Counter()
     fp16_nodes = 0
@@ -134,6 +139,31 @@ def convert_graph(src: Path, dst: Path, plan: Fp16Plan) -> tuple[int, dict[str, 
     onnx.checker.check_model(converted)
     onnx.save(converted, str(dst))
     return fp16_nodes, dict(sorted(islands.items()))
+
+
+def output_owned_nodes(graph: onnx.GraphProto, outputs: Sequence[str]) -> list[onnx.NodeProto]:
+    """The nodes that compute `outputs` (those present in the graph) and nothing any other output needs."""
+    present = {o.name for o in graph.output} & set(outputs)
+    if not present:
+        return []
+    producer = {o: n for n in graph.node for o in n.output}
+
+    def cone(names: Iterable[str]) -> set[int]:
+        seen: set[int] = set()
+        stack = [producer[t] for t in names if t in producer]
+        while stack:
+            n = stack.pop()
+            if id(n) in seen:
+                continue
+            seen.add(id(n))
+            stack += [producer[i] for i in n.input if i in producer]
+        return seen
+
+    own = cone(present) - cone(o.name for o in graph.output if o.name not in present)
+    unnamed = [n.op_type for n in graph.node if id(n) in own and not n.name]
+    if unnamed:
+        raise ValueError(f"cannot keep unnamed nodes FP32 (node_block_list works by name): {unnamed}")
+    return [n for n in graph.node if id(n) in own]
 
 
 def _drop_round_trips(model: onnx.ModelProto) -> int:

@@ -207,6 +207,7 @@ def captioner_check(images: np.ndarray, tolerances: dict[str, float] | None = No
         batch = np.ascontiguousarray(images[:2], dtype=np.float32)
         if graph == graphs["encoder"]["file"]:
             return {"images": batch}
-        memory, keys, state = _session(src_dir / graphs["encoder"]["file"]).run(None, {"images": batch})
+        memory, keys, state = _session(src_dir / graphs["encoder"]["file"]).run(  # not the domain check's outputs
+            ["memory", "keys", "state"], {"images": batch})
         return {"tokens": np.full(len(batch), BOS, dtype=np.int64), "state": state, "memory": memory, "keys": keys}
     return (lambda a, b: captioner_gate(a, b, images, tolerances)), feeds

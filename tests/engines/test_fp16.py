@@ -13,7 +13,7 @@ import torch
 from engines.engine import OnnxRuntimeEngine
 from engines.export_diagnosis import export_diagnosis, random_evidence
 from engines.export_speech import export_speech_ctc, noise_clips
-from engines.fp16 import PLANS, Fp16GateError, Fp16Plan, convert_graph, publish_fp16
+from engines.fp16 import PLANS, Fp16GateError, Fp16Plan, convert_graph, output_owned_nodes, publish_fp16
 from engines.fp16_parity import diagnosis_check, speech_check
 from engines.manifest import model_versions, read_manifest
 from models.diagnosis import build as build_diagnosis
@@ -130,15 +130,35 @@ def test_nui_export_speech_precision_fp16(tmp_path: Path, capsys: pytest.Capture
         assert model_versions(tmp_path / "repo", "speech_ctc") == [1]
 
 
-def test_captioner_fp16_caption_gate(tmp_path: Path, tiny_captioner: tuple[Any, Any]) -> None:
+@pytest.mark.parametrize("with_domain_check", [False, True])
+def test_captioner_fp16_caption_gate(tmp_path: Path, tiny_captioner: tuple[Any, Any], with_domain_check: bool) -> None:
     from engines.export_captioner import export_captioner, synthetic_images
     from engines.fp16_parity import captioner_check
+    from tests.captioner_tiny import tiny_domain_head
 
     model, tokenizer = tiny_captioner
-    src, _ = export_captioner(model, tokenizer.to_str(), tmp_path / "src", weights_dtype="float32")
+    domain = tiny_domain_head(model) if with_domain_check else None  # the encoder gives 5 outputs, not 3
+    src, _ = export_captioner(model, tokenizer.to_str(), tmp_path / "src", weights_dtype="float32", domain=domain)
     images = synthetic_images(4, model.cfg.image_size_px, seed=3)
     path, manifest = publish_fp16(src, tmp_path / "repo", "captioner", None, *captioner_check(images))
     report = manifest.parity["fp16_vs_fp32"]
     assert report["images"] == 4 and report["passed"] and report["caption_agreement"] >= 0.9
+    encoder = next(g for g in manifest.extras["fp16"]["graphs"] if g["file"] == "encoder.onnx")
+    assert ("MatMul" in encoder["fp32_islands"]) == with_domain_check  # the PPCA projection stays FP32
     assert [g["file"] for g in manifest.extras["fp16"]["graphs"]] == ["decoder_step.onnx", "encoder.onnx"]
     assert OnnxRuntimeEngine(path, graph="decoder_step").manifest.precision == "fp16"
+
+
+def test_output_owned_nodes_are_those_no_other_output_needs() -> None:
+    from onnx import TensorProto, helper
+
+    vi = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("x", "main", "side", "y")]
+    nodes = [helper.make_node("Relu", ["x"], ["shared"], name="shared"),
+             helper.make_node("Neg", ["shared"], ["main"], name="main"),
+             helper.make_node("Exp", ["shared"], ["s1"], name="s1"),
+             helper.make_node("Abs", ["s1"], ["side"], name="side"),
+             helper.make_node("Sigmoid", ["x"], ["y"], name="y")]
+    graph = helper.make_graph(nodes, "g", [vi[0]], vi[1:])
+    assert [n.name for n in output_owned_nodes(graph, ["side"])] == ["s1", "side"]
+    assert [n.name for n in output_owned_nodes(graph, ["side", "main"])] == ["shared", "main", "s1", "side"]
+    assert output_owned_nodes(graph, ["not_an_output"]) == []
