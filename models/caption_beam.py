@@ -9,6 +9,10 @@ decoder's hidden state plus, typically, each row's image memory).
 takes their results — so a server can await a batched engine between steps; `beam_search()` drives it
 with a plain function. Greedy decoding is beam search with one beam.
 
+`SearchOptions.end_after_ids` lets a caption end only after a word that ends enough training captions
+(`models/caption_text.py` `caption_end_ids`): a decoder that meets an image unlike its training data
+otherwise stops after "a" or "of" when its next word would be unknown.
+
 Scores follow GNMT (Wu et al. 2016, eq. 14): a hypothesis of n tokens (EOS included) with total
 log-probability lp scores lp / ((5 + n) / 6) ** length_penalty; 0 ranks by raw log-probability,
 larger values favour longer captions. A beam stops once it holds `beam_size` finished hypotheses
@@ -37,6 +41,7 @@ class SearchOptions:
     n_best: int = 1  # hypotheses returned per image (<= beam_size)
     length_penalty: float = 0.0  # GNMT alpha; 0 = raw log-probability
     banned_ids: tuple[int, ...] = ()  # never generated (e.g. PAD, BOS, UNK)
+    end_after_ids: tuple[int, ...] | None = None  # EOS only right after one of these (None: after any token)
 
     def __post_init__(self) -> None:
         if self.beam_size < 1:
@@ -87,6 +92,8 @@ class BeamSearch:
         self._row_image = np.arange(n_images)  # which image each live row belongs to
         self._row_log_prob = np.zeros(n_images)  # each live row's log-probability so far
         self._steps = 0
+        ends = options.end_after_ids
+        self._end_after = None if ends is None else np.asarray(ends, dtype=np.int64)
 
     @property
     def done(self) -> bool:
@@ -107,6 +114,8 @@ class BeamSearch:
         scores = log_probs.astype(np.float64, copy=True)  # (R, V) -> running totals per candidate
         if self.opts.banned_ids:
             scores[:, list(self.opts.banned_ids)] = -np.inf
+        if self._end_after is not None:  # a caption may not end on "a", "of", ... (nor be empty: BOS)
+            scores[~np.isin(self._tokens, self._end_after), self.eos_id] = -np.inf
         scores += self._row_log_prob[:, None]
         vocab = scores.shape[1]
         next_rows: list[int] = []

@@ -11,8 +11,9 @@ files and/or folders of them (JPEG/PNG/WebP), resized with the shared preprocess
 (models/caption_image.py). --domain-data builds the out-of-domain check into the encoder
 (models/caption_domain.py): its statistics from the pooled features of every image of
 `captions_train.json`, its threshold at --domain-quantile of `captions_val.json`'s scores (COCO captions
-files as `nui data captions` writes them). This is glue between training/ (checkpoint reader) and engines/ (export),
-which must not import each other.
+files as `nui data captions` writes them); the manifest also lists the words that end the train split's
+captions, after which alone the server's beam search ends a caption. This is glue between training/
+(checkpoint reader) and engines/ (export), which must not import each other.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ from engines.tensorrt_build import publish_tensorrt
 from engines.torch_build import captioner_feeds, publish_torch
 from engines.torch_engine import domain_tensors
 from models.caption_image import to_pixels
-from models.caption_text import BOS
+from models.caption_text import BOS, CaptionTokenizer
 from models.captioner import Captioner
 from nui.engine_options import add_engine_options, check_engine_options
 from training.captioner.coco import read_coco
@@ -98,6 +99,12 @@ def domain_head(model: Captioner, data: Path, quantile: float, components: int) 
     return dataclasses.replace(head, fit={**head.fit, "data": str(data), "fit_split": "train", "dev_split": "val"})
 
 
+def caption_end_ids(tokenizer: CaptionTokenizer, data: Path) -> tuple[int, ...]:
+    """The words `data`'s train split ends its captions on: the server's beam search ends captions only
+    after them (manifest `extras["caption_end_ids"]`)."""
+    return tokenizer.caption_end_ids(c for it in read_coco(data / "captions_train.json") for c in it.captions)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="nui export captioner", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights-dtype", choices=sorted(DEFAULT_ATOL), default="float16")
     p.add_argument("--atol", type=float, default=None, help="default: per weights dtype")
     p.add_argument("--domain-data", type=Path, default=None,
-                   help="folder with captions_train.json and captions_val.json: build the out-of-domain check")
+                   help="folder with captions_train.json and captions_val.json: build the out-of-domain check "
+                        "and the words a caption may end on, from its train split")
     p.add_argument("--domain-quantile", type=float, default=0.99,
                    help="threshold = this quantile of the val split's domain scores")
     p.add_argument("--domain-components", type=int, default=256, help="principal directions kept (PPCA)")
@@ -127,15 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.dev_images:
             images = load_images(image_files(args.dev_images, args.dev_limit), model.cfg.image_size_px)
         domain = None
+        extras = None
         if args.domain_data:
-            if args.precision == "fp16" and args.engine != "torch":
-                raise ValueError("--domain-data is not supported with --precision fp16 ONNX engines yet")
             domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components)
+            extras = {"caption_end_ids": list(caption_end_ids(tokenizer, args.domain_data))}
         if args.engine == "torch":
             with fp32_staging() as stage:
                 onnx_dir, _ = export_captioner(
                     model, tokenizer.to_str(), stage, args.model_name, dev_images=images, weights_dtype="float32",
-                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights), domain=domain)
+                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights), domain=domain, extras=extras)
                 gate_images = (images if images is not None else synthetic_images(8, model.cfg.image_size_px))[:16]
                 path, manifest = publish_torch(
                     onnx_dir, model, args.repo, args.model_name, args.version,
@@ -146,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             with fp32_staging() as fp32_repo:
                 fp32_dir, _ = export_captioner(
                     model, tokenizer.to_str(), fp32_repo, args.model_name, dev_images=images, weights_dtype="float32",
-                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights))
+                    atol=args.atol, source_checkpoint_sha256=sha256_file(weights), domain=domain, extras=extras)
                 gate_images = images if images is not None else synthetic_images(8, model.cfg.image_size_px)
                 fp16_repo = fp32_repo / "fp16" if args.engine == "tensorrt" else args.repo
                 path, manifest = publish_fp16(fp32_dir, fp16_repo, args.model_name,
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             path, manifest = export_captioner(
                 model, tokenizer.to_str(), args.repo, args.model_name, args.version, dev_images=images,
                 weights_dtype=args.weights_dtype, atol=args.atol, source_checkpoint_sha256=sha256_file(weights),
-                domain=domain)
+                domain=domain, extras=extras)
     except (OSError, ValueError, ParityError, Fp16GateError) as e:
         print(f"nui export captioner: {e}", file=sys.stderr)
         return 1

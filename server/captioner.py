@@ -167,6 +167,11 @@ class CaptionerModel:
         tokens = manifest.extras.get("tokens", {})
         if tokens != {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}:
             raise ValueError(f"{where}: manifest special tokens {tokens} differ from this server's")
+        ends = manifest.extras.get("caption_end_ids")  # words a caption may end on (None: any)
+        if ends is not None and (not isinstance(ends, list) or not ends
+                                 or not all(isinstance(i, int) and EOS < i < vocab_size for i in ends)):
+            raise ValueError(f"{where}: manifest caption_end_ids must be a non-empty list of word ids")
+        self.end_after_ids: tuple[int, ...] | None = None if ends is None else tuple(ends)
         self.encoder, self.decoder, self.tokenizer = encoder, decoder, tokenizer
         self.domain = DomainCheck.from_manifest(manifest)  # server/caption_domain.py
 
@@ -205,7 +210,8 @@ class CaptionerModel:
             raise out_of_range(f"config.length_penalty is {options.length_penalty:g}; allowed: "
                                f"0..{MAX_LENGTH_PENALTY:g}")
         return SearchOptions(beam_size=beam, max_length=max_length, n_best=n_best,
-                             length_penalty=options.length_penalty, banned_ids=BANNED_IDS)
+                             length_penalty=options.length_penalty, banned_ids=BANNED_IDS,
+                             end_after_ids=self.end_after_ids)
 
     def prepare(self, image: bytes, options: CaptionOptions, limits: ImageLimits, request_id: str) -> ImageJob:
         """Validate the options and decode the image (raises RequestError naming the field)."""

@@ -131,3 +131,23 @@ def test_take_rows_and_option_validation() -> None:
     for bad in ({"beam_size": 0}, {"max_length": 0}, {"n_best": 4, "beam_size": 3}, {"length_penalty": -1}):
         with pytest.raises(ValueError):
             SearchOptions(**bad)  # type: ignore[arg-type]
+
+
+def test_captions_end_only_after_allowed_words() -> None:
+    """EOS is the likeliest token after every word, yet with `end_after_ids` = {4} a caption can only end
+    right after word 4: not after BOS (empty), not after word 3."""
+    def step(tokens: np.ndarray, state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lp = np.full((len(tokens), V), np.log(0.1 / (V - 1)))
+        lp[:, EOS] = np.log(0.9)
+        lp[:, 3], lp[:, 4] = np.log(0.06), np.log(0.03)
+        return lp, state
+
+    state = np.zeros((1, 1))
+    free = beam_search(step, state, 1, BOS, EOS, SearchOptions(beam_size=2, max_length=4, banned_ids=(PAD, BOS)))
+    assert free[0][0].tokens == [] and free[0][0].finished  # unconstrained: the empty caption wins
+    opts = SearchOptions(beam_size=2, max_length=4, n_best=2, banned_ids=(PAD, BOS), end_after_ids=(4,))
+    hyps = beam_search(step, state, 1, BOS, EOS, opts)[0]
+    assert all(h.finished and h.tokens[-1] == 4 for h in hyps)
+    assert hyps[0].tokens == [4]
+    greedy = greedy_search(step, state, 1, BOS, EOS, max_length=3, banned_ids=(PAD, BOS))
+    assert greedy[0].tokens == []  # greedy search takes no end words: the empty caption

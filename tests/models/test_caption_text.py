@@ -71,3 +71,12 @@ def test_rejects_a_tokenizer_with_other_special_ids(tmp_path) -> None:
     vocab["[PAD]"], vocab["[BOS]"] = vocab["[BOS]"], vocab["[PAD]"]
     with pytest.raises(ValueError, match=r"\[PAD\] at id 1"):
         CaptionTokenizer.from_str(json.dumps(data))
+
+
+def test_caption_end_ids_are_words_that_end_enough_of_their_captions() -> None:
+    captions = ["a cat on grass", "a dog on grass", "two cats", "the letter a", "a cat"] + ["a dog"] * 200
+    tok = train_tokenizer(captions)
+    ends = {tok.id_to_token(i) for i in tok.caption_end_ids(captions)}
+    assert ends == {"grass", "cats", "cat", "dog"}  # "a" ends 1 of its 205 captions: under 1 %
+    assert "a" in {tok.id_to_token(i) for i in tok.caption_end_ids(captions, min_share=0.0)}
+    assert UNK not in tok.caption_end_ids(["an unseen word"])

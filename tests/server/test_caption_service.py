@@ -205,3 +205,34 @@ async def test_nui_caption_in_process_and_over_grpc(start: StartServer, caption_
     assert float(lines[0].split("\t")[0]) >= float(lines[1].split("\t")[0])
     assert await asyncio.to_thread(main, [str(blue), "--server", server.address, "--beam", "99"]) == 1
     assert "OUT_OF_RANGE: config.beam_size is 99" in capsys.readouterr().err
+
+
+async def test_captions_end_only_after_the_manifests_end_words(tmp_path: Path, caption_repo: Path,
+                                                               tiny_captioner: tuple[Captioner, CaptionTokenizer]
+                                                               ) -> None:
+    """With `caption_end_ids` naming every word but "grass" and "sky", neither of the tiny model's two
+    captions may end where it was trained to: the search goes on past them. A malformed list refuses to load."""
+    from engines.export_captioner import export_captioner
+
+    model, tokenizer = tiny_captioner
+    words = {w for caption in CAPTIONS.values() for w in caption.split()}
+    ends = sorted(tokenizer.encode(w)[1] for w in words - {"grass", "sky"})
+    repo = tmp_path / "repo"
+    export_captioner(model, tokenizer.to_str(), repo, "captioner", 1, extras={"caption_end_ids": ends})
+    server = await start_server(ServerConfig(repo=repo, port=0, intra_op_threads=1))
+    try:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            stub = caption_pb2_grpc.CaptionerStub(channel)
+            for kind in CAPTIONS:
+                reply = await stub.Caption(request(picture_bytes(kind), beam_size=3, n_best=3), timeout=20)
+                for c in reply.captions:
+                    assert c.text.split()[-1] not in ("grass", "sky") or not c.finished, c.text
+                    assert c.text.split()[-1] in words - {"grass", "sky"} or not c.finished, c.text
+    finally:
+        await server.stop(0)
+    plain = load_task_models(caption_repo, "captioner", intra_op_threads=1)["captioner"][1]
+    assert plain.end_after_ids is None  # no list: a caption may end after any word
+    bad = tmp_path / "bad"
+    export_captioner(model, tokenizer.to_str(), bad, "captioner", 1, extras={"caption_end_ids": [1, 2]})
+    with pytest.raises(ValueError, match="caption_end_ids"):
+        load_task_models(bad, "captioner", intra_op_threads=1)

@@ -54,12 +54,13 @@ PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "hubble_deep_field", "immu
 
 @torch.no_grad()
 def decode(model: Captioner, tokenizer: CaptionTokenizer, images: torch.Tensor, beam_size: int,
-           batch_size: int = 64) -> list[str]:
-    """Captions of (N, 3, H, W) images: torch greedy loop for beam 1, caption_beam's search otherwise."""
+           batch_size: int = 64, end_after_ids: tuple[int, ...] | None = None) -> list[str]:
+    """Captions of (N, 3, H, W) images: torch greedy loop for beam 1, caption_beam's search otherwise or
+    when captions may end only after `end_after_ids` (as the served version decodes)."""
     out: list[str] = []
     for start in range(0, len(images), batch_size):
         chunk = images[start:start + batch_size]
-        if beam_size == 1:
+        if beam_size == 1 and end_after_ids is None:
             out.extend(tokenizer.decode(ids) for ids in greedy_decode(model, chunk, model.cfg.max_len))
             continue
         memory, keys, state = model.encode(chunk)
@@ -69,7 +70,8 @@ def decode(model: Captioner, tokenizer: CaptionTokenizer, images: torch.Tensor, 
             log_probs, new_h = model.decode_step(torch.from_numpy(tokens), h, mem, k)
             return log_probs.numpy(), (new_h.numpy(), st[1], st[2])
 
-        opts = SearchOptions(beam_size=beam_size, max_length=model.cfg.max_len - 1, banned_ids=(PAD, BOS, UNK))
+        opts = SearchOptions(beam_size=beam_size, max_length=model.cfg.max_len - 1, banned_ids=(PAD, BOS, UNK),
+                             end_after_ids=end_after_ids)
         hyps = beam_search(step, (state.numpy(), memory.numpy(), keys.numpy()), len(chunk), BOS, EOS, opts)
         out.extend(tokenizer.decode(h[0].tokens) for h in hyps)
     return out
@@ -178,6 +180,8 @@ class DomainJudge:
         spec = self.engine.manifest.extras["domain"]
         self.policy = DomainPolicy.from_dict(spec)
         self.score_output, self.probs_output = spec["score_output"], spec.get("probs_output")
+        ends = self.engine.manifest.extras.get("caption_end_ids")  # how the version ends captions
+        self.end_after_ids: tuple[int, ...] | None = None if ends is None else tuple(ends)
 
     def __call__(self, images: torch.Tensor, batch_size: int = 64) -> list[DomainVerdict]:
         verdicts = []
@@ -217,10 +221,11 @@ def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], bea
                             "flagged_files": [str(items[i].path) for i in flagged],
                             "scores": [round(v.score, 4) for v in verdicts]}
         logger.info("domain check (%s): %d of %d images out of domain", domain.version_dir, len(flagged), len(items))
+    ends = domain.end_after_ids if domain is not None else None
     greedy: list[str] = []
     for beam in beam_sizes:
         name = "greedy" if beam == 1 else f"beam{beam}"
-        raw = decode(model, tokenizer, images, beam)
+        raw = decode(model, tokenizer, images, beam, end_after_ids=ends)
         hyps = checked(raw, verdicts)
         if verdicts is not None:
             result["captions"][f"{name}_decoder"] = raw
@@ -239,7 +244,7 @@ def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], bea
         pics = photo_images(model.cfg.image_size_px, photo_dirs)
         batch = torch.stack(list(pics.values()))
         photo_verdicts = domain(batch) if domain is not None else None
-        raw_photos = {b: decode(model, tokenizer, batch, b) for b in beam_sizes}
+        raw_photos = {b: decode(model, tokenizer, batch, b, end_after_ids=ends) for b in beam_sizes}
         result["photos"] = {b: dict(zip(pics, checked(raw, photo_verdicts), strict=True))
                             for b, raw in raw_photos.items()}
         result["photos_decoder"] = {b: dict(zip(pics, raw, strict=True)) for b, raw in raw_photos.items()}
