@@ -83,7 +83,7 @@ logger = logging.getLogger("bench.fuzz")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
-from bench import speech_ctc as speech_bench  # noqa: E402
+from bench import speech_ctc as sb  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "fuzz.json"
 STREAMING_MODEL = "speech_ctc_streaming"
@@ -1081,7 +1081,6 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.calls, args.concurrency, args.overload_calls, args.max_queue_size, args.max_streams) < 1:
         print("bench/fuzz.py: error: counts and sizes must be >= 1", file=sys.stderr)
         return 1
-    sb = speech_bench
     command = shlex.join(["python", "bench/fuzz.py", *argv])
     started = time.perf_counter()
     machine = sb.machine_info()

@@ -57,7 +57,7 @@ logger = logging.getLogger("bench.overload")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
-from bench import speech_ctc as speech_bench  # noqa: E402
+from bench import speech_ctc as sb  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results" / "overload.json"
 BACKOFF_S = 0.02  # a closed-loop caller refused by the server waits this long before calling again
@@ -332,7 +332,6 @@ def main(argv: list[str] | None = None) -> int:
     if not budgets or min(budgets) < 0 or args.multiple <= 0 or min(args.overload_s, args.capacity_s) <= 0:
         print("bench/overload.py: error: budgets >= 0, a positive --multiple and durations needed", file=sys.stderr)
         return 1
-    sb = speech_bench
     machine = sb.machine_info()
     clips = sb.make_clips(args.clips, args.seed)
     config = speech_pb2.RecognitionConfig(decoder=speech_pb2.DECODER_GREEDY)

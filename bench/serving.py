@@ -83,10 +83,6 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
 from bench import speech_ctc as speech_bench  # noqa: E402
-
-if str(ROOT) not in sys.path:  # `python bench/serving.py` from the repository root
-    sys.path.insert(0, str(ROOT))
-
 from proto import speech_pb2, speech_pb2_grpc  # noqa: E402
 from server.speech_ctc import SpeechCTCModel  # noqa: E402
 

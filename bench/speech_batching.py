@@ -39,10 +39,6 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
 from bench import speech_ctc as speech_bench  # noqa: E402
-
-if str(ROOT) not in sys.path:  # `python bench/speech_batching.py` from the repository root
-    sys.path.insert(0, str(ROOT))
-
 from engines.engine import load_engine  # noqa: E402
 from engines.manifest import version_dir  # noqa: E402
 from server.audio import AudioEncoding, AudioLimits  # noqa: E402
@@ -159,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps < 1 or args.intra_op_threads < 1:
         print("bench/speech_batching.py: error: --reps and --intra-op-threads must be >= 1", file=sys.stderr)
         return 1
-        machine = speech_bench.machine_info()
+    machine = speech_bench.machine_info()
     engine = load_engine(args.repo, args.model, intra_op_threads=args.intra_op_threads)
     model = SpeechCTCModel(engine, load_lm_decoder(version_dir(args.repo, args.model, engine.version),
                                                    engine.manifest))
