@@ -52,6 +52,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # in place of bench/ when run as a script: `bench` is a package
 from bench import speech_ctc as speech_bench  # noqa: E402
+from models.caption_image import IMAGE_SUFFIXES  # noqa: E402
 from proto import caption_pb2, caption_pb2_grpc  # noqa: E402
 
 logger = logging.getLogger("bench.captioner")
@@ -83,7 +84,7 @@ def make_images(max_images: int, image_dir: Path | None = None) -> list[tuple[st
     """(name, JPEG bytes) of scikit-image's bundled photos, RGB, quality 90; with `image_dir`, the bytes of
     its first `max_images` JPEG/PNG/WebP files by name (e.g. held-out caption scenes)."""
     if image_dir is not None:
-        files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+        files = sorted(f for f in image_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
             raise ValueError(f"no JPEG/PNG/WebP images in {image_dir}")
         return [(f.name, f.read_bytes()) for f in files[:max_images]]

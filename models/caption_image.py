@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 RESAMPLE = Image.Resampling.BILINEAR
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # image files the tools read from a folder
 
 
 def to_pixels(image: Image.Image, size_px: int) -> np.ndarray:

@@ -43,7 +43,7 @@ from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
 from engines.torch_build import captioner_feeds, publish_torch
 from engines.torch_engine import domain_tensors
-from models.caption_image import to_pixels
+from models.caption_image import IMAGE_SUFFIXES, to_pixels
 from models.caption_text import BOS, CaptionTokenizer
 from models.captioner import Captioner
 from nui.engine_options import add_engine_options, check_engine_options
@@ -52,7 +52,6 @@ from training.captioner.model_io import load_model
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 
 
 def image_files(paths: list[Path], limit: int) -> list[Path]:

@@ -37,7 +37,7 @@ from engines.engine import Engine, load_engine
 from engines.manifest import sha256_file
 from models.caption_beam import SearchOptions, beam_search
 from models.caption_domain import DomainPolicy, DomainVerdict, judge
-from models.caption_image import to_pixels
+from models.caption_image import IMAGE_SUFFIXES, to_pixels
 from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
 from models.captioner import Captioner
 from training.captioner.coco import CaptionedImage, read_coco
@@ -47,7 +47,6 @@ from training.captioner.model_io import load_model
 from training.captioner.sources import backgrounds
 
 logger = logging.getLogger(__name__)
-PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
 PHOTOS = ("coffee", "astronaut", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
           "retina", "colorwheel", "logo")
 
@@ -148,9 +147,9 @@ def folder_images(size_px: int, folder: Path) -> dict[str, torch.Tensor]:
     """Every JPEG/PNG/WebP in `folder` by file name, as model inputs; ValueError when there is none."""
     from PIL import Image
 
-    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in PHOTO_SUFFIXES)
+    files = sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise ValueError(f"--photo-dir {folder}: no {'/'.join(PHOTO_SUFFIXES)} files")
+        raise ValueError(f"--photo-dir {folder}: no {'/'.join(IMAGE_SUFFIXES)} files")
     out = {}
     for f in files:
         with Image.open(f) as im:
