@@ -35,8 +35,8 @@ import numpy as np
 
 # Maximum softmax probability (Hendrycks & Gimpel 2017) at which the ImageNet label is named. v2 used 0.5
 # ("most of the mass on one class"); on 20 real photos outside scikit-image (the model card's tuning set)
-# 7 of the 15 labels at >= 0.5 were wrong (a bridge "bow", a dahlia "acorn"), none of the 6 at >= 0.9:
-# the classifier reads 128 px images, not its 224 px, so a named label must be a very confident one.
+# 7 of the 15 labels at >= 0.5 were wrong (a bridge "bow", a dahlia "acorn"), none of the 6 at >= 0.9
+# (v3, whose classifier read 128 px images, not its 224 px): a named label must be a very confident one.
 DEFAULT_LABEL_THRESHOLD = 0.9
 DEFAULT_QUANTILE = 0.99
 NORM_EPS = 1e-12  # an all-zero feature vector is left at zero rather than divided by zero

@@ -3,7 +3,8 @@ the parity gate.
 
     nui export captioner --checkpoint runs/captioner_small --repo model_repository \
         --dev-images data/captions/images/val [--dev-limit 64] [--weights-dtype float16|float32] [--version N] \
-        [--precision fp16] [--domain-data data/captions [--domain-quantile 0.99] [--domain-components 256]]
+        [--precision fp16] [--domain-data data/captions [--domain-quantile 0.99] [--domain-components 256]
+        [--domain-label-threshold 0.9]]
 
 --checkpoint takes a run folder (its latest checkpoint), a checkpoint folder or a model.safetensors; the
 tokenizer.json next to it (or in its run folder) is published with the engines. --dev-images takes image
@@ -11,7 +12,8 @@ files and/or folders of them (JPEG/PNG/WebP), resized with the shared preprocess
 (models/caption_image.py). --domain-data builds the out-of-domain check into the encoder
 (models/caption_domain.py): its statistics from the pooled features of every image of
 `captions_train.json`, its threshold at --domain-quantile of `captions_val.json`'s scores (COCO captions
-files as `nui data captions` writes them); the manifest also lists the words that end the train split's
+files as `nui data captions` writes them); an out-of-domain image is captioned with its ImageNet label when
+the classifier is at least --domain-label-threshold sure; the manifest also lists the words that end the train split's
 captions, after which alone the server's beam search ends a caption. This is glue between training/
 (checkpoint reader) and engines/ (export), which must not import each other.
 """
@@ -43,6 +45,7 @@ from engines.manifest import sha256_file
 from engines.tensorrt_build import publish_tensorrt
 from engines.torch_build import captioner_feeds, publish_torch
 from engines.torch_engine import domain_tensors
+from models.caption_domain import DEFAULT_LABEL_THRESHOLD
 from models.caption_image import IMAGE_SUFFIXES, to_pixels
 from models.caption_text import BOS, CaptionTokenizer
 from models.captioner import Captioner
@@ -88,13 +91,15 @@ def _batches(files: list[Path], size_px: int, batch_size: int = 64) -> Iterator[
         yield load_images(files[start:start + batch_size], size_px)
 
 
-def domain_head(model: Captioner, data: Path, quantile: float, components: int) -> DomainHead:
+def domain_head(model: Captioner, data: Path, quantile: float, components: int,
+                label_threshold: float | None = None) -> DomainHead:
     """The out-of-domain check fitted on `data`'s train split, thresholded on its val split."""
     feats = {}
     for split in ("train", "val"):
         files = [it.path for it in read_coco(data / f"captions_{split}.json")]
         feats[split] = pooled_features(model, _batches(files, model.cfg.image_size_px))
-    head = build_domain_head(model, feats["train"], feats["val"], quantile=quantile, components=components)
+    head = build_domain_head(model, feats["train"], feats["val"], quantile=quantile, components=components,
+                             label_threshold=label_threshold)
     return dataclasses.replace(head, fit={**head.fit, "data": str(data), "fit_split": "train", "dev_split": "val"})
 
 
@@ -122,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--domain-quantile", type=float, default=0.99,
                    help="threshold = this quantile of the val split's domain scores")
     p.add_argument("--domain-components", type=int, default=256, help="principal directions kept (PPCA)")
+    p.add_argument("--domain-label-threshold", type=float, default=DEFAULT_LABEL_THRESHOLD,
+                   help="an out-of-domain image is captioned 'a photo of <ImageNet label>' when the classifier's "
+                        "top probability reaches this, else 'a photo' (choose it on photos: it depends on the "
+                        "input size, see the captioner's model card)")
     add_engine_options(p, ["fp32", "fp16"],
                        "fp16: FP16 graphs with FP32 islands (engines/fp16.py), gated against the FP32 engines (greedy "
                        "caption agreement, encoder outputs)")
@@ -129,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_engine_options(args)
+        if not 0.0 < args.domain_label_threshold <= 1.0:  # refused before the minutes of the domain fit
+            raise ValueError(f"--domain-label-threshold must be in (0, 1], got {args.domain_label_threshold}")
         model, tokenizer, weights = load_model(args.checkpoint)
         images = None
         if args.dev_images:
@@ -136,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         domain = None
         extras = None
         if args.domain_data:
-            domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components)
+            domain = domain_head(model, args.domain_data, args.domain_quantile, args.domain_components,
+                                 args.domain_label_threshold)
             extras = {"caption_end_ids": list(caption_end_ids(tokenizer, args.domain_data))}
         if args.engine == "torch":
             with fp32_staging() as stage:

@@ -37,7 +37,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Pat
         f"data.dir={data}", f"run.out_dir={work / 'run'}")
     out = nui("export", "captioner", "--checkpoint", str(work / "run"), "--repo", str(work / "repo"),
               "--dev-images", str(data / "images" / "val"), "--weights-dtype", "float32",
-              "--domain-data", str(data), "--domain-components", "4").stdout
+              "--domain-data", str(data), "--domain-components", "4", "--domain-label-threshold", "0.6").stdout
     assert "published" in out
     return data, work / "run", work / "repo"
 
@@ -77,6 +77,7 @@ def test_export_passed_parity_on_dev_images_and_ships_the_tokenizer(published: t
     assert domain["score_output"] == "domain_score" and domain["probs_output"] is None and domain["labels"] == []
     assert domain["fit"]["components"] == 4 and domain["fit"]["dev_images"] == 4 and domain["fit"]["quantile"] == 0.99
     assert domain["score_threshold"] > 0 and manifest["parity"]["verdict_flips"] == 0
+    assert domain["label_threshold"] == 0.6
     assert (repo / "captioner" / "1" / "tokenizer.json").read_text() == (run / "tokenizer.json").read_text()
 
 

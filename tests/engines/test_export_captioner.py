@@ -96,3 +96,13 @@ def test_nui_export_captioner_command(tmp_path: Path, tiny_captioner: tuple[Capt
     manifest = read_manifest(tmp_path / "repo" / "captioner" / "1")
     assert manifest.parity["images"] == 2 and manifest.precision == "fp16-weights"
     assert main(["--checkpoint", str(tmp_path / "missing"), "--repo", str(tmp_path / "repo")]) == 1
+
+
+def test_nui_export_captioner_refuses_a_label_threshold_outside_0_1(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from nui.export_captioner import main
+
+    for bad in ("0", "1.5"):  # refused before the checkpoint is even read, let alone the domain fitted
+        assert main(["--checkpoint", str(tmp_path / "missing"), "--repo", str(tmp_path / "repo"),
+                     "--domain-data", str(tmp_path), "--domain-label-threshold", bad]) == 1
+        assert "--domain-label-threshold must be in (0, 1]" in capsys.readouterr().err
