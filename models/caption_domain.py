@@ -136,6 +136,7 @@ class DomainVerdict:
     label: str = ""  # the ImageNet label named in the fallback caption ("" when none)
     label_prob: float = 0.0  # the classifier's top probability (whether or not it was confident)
     caption: str = ""  # the fallback caption when out of domain, "" otherwise
+    top_label: str = ""  # the classifier's top class, confident or not ("" without a classifier)
 
 
 def with_article(noun: str) -> str:
@@ -148,17 +149,17 @@ def judge(score: float, label_probs: np.ndarray | None, policy: DomainPolicy) ->
     its probability reaches `label_threshold`. `label_probs`: (classes,) softmax, or None."""
     if not np.isfinite(score):
         raise ValueError(f"domain score is {score}")
-    label, prob = "", 0.0
+    label, prob, top_label = "", 0.0, ""
     if label_probs is not None and len(policy.labels):
         if len(label_probs) != len(policy.labels):
             raise ValueError(f"{len(label_probs)} class probabilities for {len(policy.labels)} labels")
         top = int(np.argmax(label_probs))
-        prob = float(label_probs[top])
-        label = policy.labels[top] if prob >= policy.label_threshold else ""
+        prob, top_label = float(label_probs[top]), policy.labels[top]
+        label = top_label if prob >= policy.label_threshold else ""
     if score <= policy.score_threshold:
-        return DomainVerdict(True, float(score), policy.score_threshold, "", prob, "")
+        return DomainVerdict(True, float(score), policy.score_threshold, "", prob, "", top_label)
     caption = f"{GENERIC_CAPTION} of {with_article(label)}" if label else GENERIC_CAPTION
-    return DomainVerdict(False, float(score), policy.score_threshold, label, prob, caption)
+    return DomainVerdict(False, float(score), policy.score_threshold, label, prob, caption, top_label)
 
 
 def dev_threshold(dev_scores: Sequence[float] | np.ndarray, quantile: float = DEFAULT_QUANTILE) -> float:

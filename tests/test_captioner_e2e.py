@@ -118,3 +118,24 @@ def test_nui_caption_in_process_and_against_the_server_agree(published: tuple[Pa
     local = nui("caption", *images, "--repo", str(repo)).stdout
     remote = nui("caption", *images, "--server", server_address).stdout
     assert local == remote and local.count("\n") == len(images)
+
+
+@pytest.mark.slow
+def test_eval_applies_the_exported_check_to_photos(published: tuple[Path, Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """`nui eval captioner --photos --domain-repo`: every photo gets the served verdict, reported with the
+    classifier's top class whether or not it was confident (the tiny encoder has none: empty)."""
+    from training.captioner import evaluate
+
+    data, run, repo = published
+    out = tmp_path / "test.json"
+    assert evaluate.main(["--checkpoint", str(run), "--data", str(data), "--split", "test", "--out", str(out),
+                          "--photos", "--domain-repo", str(repo)]) == 0
+    result = json.loads(out.read_text())
+    verdicts = result["photos_domain"]
+    assert set(verdicts) == set(result["photos"]["1"]) >= {"coffee", "astronaut"}
+    for name, v in verdicts.items():
+        assert set(v) == {"in_domain", "score", "label", "label_prob", "top_label"} and v["top_label"] == ""
+        assert result["photos"]["1"][name] == (result["photos_decoder"]["1"][name] if v["in_domain"] else "a photo")
+    printed = capsys.readouterr().out
+    assert "photo coffee (beam " in printed and "top ImageNet class p 0.00" in printed

@@ -89,13 +89,16 @@ def test_judge_in_domain_confident_label_and_generic() -> None:
     probs = np.array([0.7, 0.2, 0.1])
     inside = judge(1.5, probs, policy)
     assert inside.in_domain and inside.caption == "" and inside.label == "" and inside.label_prob == pytest.approx(0.7)
+    assert inside.top_label == "coffee mug"  # reported, not named
     named = judge(3.0, probs, policy)
     assert not named.in_domain and named.caption == "a photo of a coffee mug" and named.label == "coffee mug"
     assert judge(3.0, np.array([0.1, 0.1, 0.8]), policy).caption == "a photo of an American robin"
     unsure = judge(3.0, np.array([0.4, 0.35, 0.25]), policy)  # below the 0.5 label threshold
     assert unsure.caption == GENERIC_CAPTION and unsure.label == "" and unsure.label_prob == pytest.approx(0.4)
+    assert unsure.top_label == "coffee mug"
     no_classifier = judge(3.0, None, DomainPolicy(2.0))
     assert no_classifier.caption == GENERIC_CAPTION and no_classifier.label_prob == 0.0
+    assert no_classifier.top_label == ""
     assert judge(2.0, None, DomainPolicy(2.0)).in_domain  # the threshold itself is in domain
     with pytest.raises(ValueError, match="2 class probabilities for 3 labels"):
         judge(3.0, np.array([0.5, 0.5]), policy)

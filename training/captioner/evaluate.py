@@ -249,7 +249,7 @@ def evaluate(checkpoint: Path, coco_json: Path, items: list[CaptionedImage], bea
         result["photos_decoder"] = {b: dict(zip(pics, raw, strict=True)) for b, raw in raw_photos.items()}
         if photo_verdicts is not None:
             result["photos_domain"] = {k: {"in_domain": v.in_domain, "score": v.score, "label": v.label,
-                                           "label_prob": v.label_prob}
+                                           "label_prob": v.label_prob, "top_label": v.top_label}
                                        for k, v in zip(pics, photo_verdicts, strict=True)}
     return result, images, greedy
 
@@ -312,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in result["photos"][last].items():
             verdict = result.get("photos_domain", {}).get(k)
             note = (f"  [{'in' if verdict['in_domain'] else 'OUT OF'} domain, score {verdict['score']:.2f}, "
-                    f"top ImageNet p {verdict['label_prob']:.2f}; decoder: {result['photos_decoder'][last][k]}]"
+                    f"top ImageNet {verdict['top_label'] or 'class'} p {verdict['label_prob']:.2f}; "
+                    f"decoder: {result['photos_decoder'][last][k]}]"
                     if verdict else "")
             print(f"photo {k} (beam {last}): {v}{note}")
     return 0
