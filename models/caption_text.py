@@ -171,3 +171,15 @@ def train_tokenizer(captions: Iterable[str], min_count: int = 1, max_vocab: int 
     tok.train_from_iterator(captions, trainer=trainer)
     _add_post_processor(tok)
     return CaptionTokenizer(tok)
+
+
+def manifest_end_ids(extras: dict[str, object], vocab_size: int) -> tuple[int, ...] | None:
+    """The words a version's captions may end on (manifest `extras["caption_end_ids"]`, written by
+    `nui export captioner --domain-data`); None when the manifest has none (a caption may end anywhere).
+    ValueError unless it is a non-empty list of word ids."""
+    ends = extras.get("caption_end_ids")
+    if ends is None:
+        return None
+    if not isinstance(ends, list) or not ends or not all(isinstance(i, int) and EOS < i < vocab_size for i in ends):
+        raise ValueError("manifest caption_end_ids must be a non-empty list of word ids")
+    return tuple(ends)

@@ -13,8 +13,8 @@ files and/or folders of them (JPEG/PNG/WebP), resized with the shared preprocess
 (models/caption_domain.py): its statistics from the pooled features of every image of
 `captions_train.json`, its threshold at --domain-quantile of `captions_val.json`'s scores (COCO captions
 files as `nui data captions` writes them); an out-of-domain image is captioned with its ImageNet label when
-the classifier is at least --domain-label-threshold sure; the manifest also lists the words that end the train split's
-captions, after which alone the server's beam search ends a caption. This is glue between training/
+the classifier is at least --domain-label-threshold sure; the manifest also lists the words that end the
+train split's captions, after which alone the server's beam search ends a caption. This is glue between training/
 (checkpoint reader) and engines/ (export), which must not import each other.
 """
 
@@ -54,7 +54,6 @@ from training.captioner.coco import read_coco
 from training.captioner.model_io import load_model
 
 logger = logging.getLogger(__name__)
-
 
 
 def image_files(paths: list[Path], limit: int) -> list[Path]:

@@ -36,7 +36,7 @@ from engines.manifest import version_dir
 from models.caption_beam import BeamSearch, Hypothesis, SearchOptions
 from models.caption_domain import DomainVerdict
 from models.caption_image import to_pixels
-from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
+from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer, manifest_end_ids
 from server.batcher import BatchObserver, DynamicBatcher
 from server.caption_domain import DomainCheck, fallback_log_prob
 from server.errors import invalid_argument, out_of_range
@@ -167,11 +167,10 @@ class CaptionerModel:
         tokens = manifest.extras.get("tokens", {})
         if tokens != {"pad": PAD, "bos": BOS, "eos": EOS, "unk": UNK}:
             raise ValueError(f"{where}: manifest special tokens {tokens} differ from this server's")
-        ends = manifest.extras.get("caption_end_ids")  # words a caption may end on (None: any)
-        if ends is not None and (not isinstance(ends, list) or not ends
-                                 or not all(isinstance(i, int) and EOS < i < vocab_size for i in ends)):
-            raise ValueError(f"{where}: manifest caption_end_ids must be a non-empty list of word ids")
-        self.end_after_ids: tuple[int, ...] | None = None if ends is None else tuple(ends)
+        try:
+            self.end_after_ids = manifest_end_ids(manifest.extras, vocab_size)  # None: a caption ends anywhere
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from e
         self.encoder, self.decoder, self.tokenizer = encoder, decoder, tokenizer
         self.domain = DomainCheck.from_manifest(manifest)  # server/caption_domain.py
 

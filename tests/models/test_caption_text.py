@@ -7,7 +7,16 @@ import json
 import numpy as np
 import pytest
 
-from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer, normalize_caption, train_tokenizer
+from models.caption_text import (
+    BOS,
+    EOS,
+    PAD,
+    UNK,
+    CaptionTokenizer,
+    manifest_end_ids,
+    normalize_caption,
+    train_tokenizer,
+)
 
 CAPTIONS = ["Two cats on grass.", "A red bus", "two dogs, on GRASS", "a cat", "A café's cat"]
 
@@ -80,3 +89,11 @@ def test_caption_end_ids_are_words_that_end_enough_of_their_captions() -> None:
     assert ends == {"grass", "cats", "cat", "dog"}  # "a" ends 1 of its 205 captions: under 1 %
     assert "a" in {tok.id_to_token(i) for i in tok.caption_end_ids(captions, min_share=0.0)}
     assert UNK not in tok.caption_end_ids(["an unseen word"])
+
+
+def test_manifest_end_ids_reads_the_list_or_refuses_it() -> None:
+    assert manifest_end_ids({}, 10) is None  # an older manifest: a caption may end anywhere
+    assert manifest_end_ids({"caption_end_ids": [4, 9]}, 10) == (4, 9)
+    for bad in ([], [2], [10], "4", [4.0]):  # empty, a special token, past the vocabulary, not a list of ints
+        with pytest.raises(ValueError, match="caption_end_ids"):
+            manifest_end_ids({"caption_end_ids": bad}, 10)

@@ -38,7 +38,7 @@ from engines.manifest import sha256_file
 from models.caption_beam import SearchOptions, beam_search
 from models.caption_domain import DomainPolicy, DomainVerdict, judge
 from models.caption_image import IMAGE_SUFFIXES, to_pixels
-from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer
+from models.caption_text import BOS, EOS, PAD, UNK, CaptionTokenizer, manifest_end_ids
 from models.captioner import Captioner
 from training.captioner.coco import CaptionedImage, read_coco
 from training.captioner.dataset import load_image
@@ -179,8 +179,8 @@ class DomainJudge:
         spec = self.engine.manifest.extras["domain"]
         self.policy = DomainPolicy.from_dict(spec)
         self.score_output, self.probs_output = spec["score_output"], spec.get("probs_output")
-        ends = self.engine.manifest.extras.get("caption_end_ids")  # how the version ends captions
-        self.end_after_ids: tuple[int, ...] | None = None if ends is None else tuple(ends)
+        self.end_after_ids = manifest_end_ids(self.engine.manifest.extras,  # how the version ends captions
+                                              int(self.engine.manifest.config["vocab_size"]))
 
     def __call__(self, images: torch.Tensor, batch_size: int = 64) -> list[DomainVerdict]:
         verdicts = []
