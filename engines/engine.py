@@ -81,7 +81,7 @@ def default_intra_op_threads() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
+def session_options(intra_op_threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL  # one batch at a time uses the threads
@@ -174,7 +174,7 @@ class OnnxRuntimeEngine(VersionEngine):
         threads = intra_op_threads if intra_op_threads is not None else default_intra_op_threads()
         providers = resolve_providers(provider)
         try:
-            self._session = ort.InferenceSession(str(self._dir / onnx_file), _session_options(threads),
+            self._session = ort.InferenceSession(str(self._dir / onnx_file), session_options(threads),
                                                  providers=providers)
         except Exception as e:  # ORT raises its own untyped errors (InvalidGraph, Fail, ...)
             raise ValueError(f"{self._dir / onnx_file}: ONNX Runtime cannot load it: {e}") from e
