@@ -241,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--intra-op-threads", type=int, default=None)
     p.add_argument("--decode-workers", type=int, default=None,
                    help="the server's --decode-workers (beam + LM decoding processes; default: the server's)")
+    p.add_argument("--lm-lookahead-s", type=float, default=None,
+                   help="the server's --stream-lm-lookahead-s (0: LM finals decoded whole at the end; default: "
+                        "the server's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "streaming.json")
     p.add_argument("--quick", action="store_true", help="--streams 8,32 --audio-s 4")
@@ -265,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         setup = speech_bench.ServerSetup("streaming", args.max_batch_size, args.max_queue_delay_ms)
         threads = args.intra_op_threads or speech_bench.default_intra_op_threads()
         extra = [] if args.decode_workers is None else ["--decode-workers", str(args.decode_workers)]
+        if args.lm_lookahead_s is not None:
+            extra += ["--stream-lm-lookahead-s", f"{args.lm_lookahead_s:g}"]
         server = speech_bench.ServerProcess(repo, setup, threads, Path(tmp) / "server.log", extra_args=extra)
         rows: list[Row] = []
         entries = read_manifest(args.speech_manifest) if args.speech_manifest is not None else []
@@ -300,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         "chunk_s_sent": CHUNK_S, "realtime_p99_ms": args.realtime_p99_ms,
         "realtime_lag_p99_ms": args.realtime_lag_p99_ms, "max_realtime_streams": max_n,
         "server": {"max_batch_size": args.max_batch_size, "max_queue_delay_ms": args.max_queue_delay_ms,
-                   "intra_op_threads": threads, "decode_workers": args.decode_workers, "exit_status": status},
+                   "intra_op_threads": threads, "decode_workers": args.decode_workers,
+                   "lm_lookahead_s": args.lm_lookahead_s, "exit_status": status},
         "rows": [asdict(r) for r in rows], "machine": speech_bench.machine_info(),
     }
     speech_bench.write_json(args.out, report)

@@ -142,7 +142,7 @@ class CTCBeamDecoder:
         # Internal invariant: pyctcdecode must have kept our labels as they are (no appended blank).
         assert alphabet.labels == list(LABELS) and not alphabet.is_bpe, alphabet.labels
         self._decoder = BeamSearchDecoderCTC(alphabet, language_model)
-        self._has_lm = language_model is not None
+        self._language_model = language_model
         # pyctcdecode keeps the LM in a class-level dict until cleanup(); release it with this object.
         self._finalizer = weakref.finalize(self, self._decoder.cleanup)
 
@@ -162,17 +162,20 @@ class CTCBeamDecoder:
 
     @property
     def has_lm(self) -> bool:
-        return self._has_lm
+        return self._language_model is not None
 
     def close(self) -> None:
         """Release the LM now rather than at garbage collection; not while other threads decode."""
         self._finalizer()
 
-    def decode(self, log_probs: np.ndarray, frame_s: float) -> DecodeResult:
-        """Best hypothesis for one utterance.
+    def decode(self, log_probs: np.ndarray, frame_s: float, context: Sequence[str] = ()) -> DecodeResult:
+        """Best hypothesis for one utterance, or for the next piece of one.
 
         log_probs: (T, V) log-probabilities of the valid frames (V = len(VOCAB)); frame_s: seconds per
-        frame. An empty or all-blank input gives an empty transcript and no words.
+        frame. An empty or all-blank input gives an empty transcript and no words. context: the words
+        already decided before these frames (a streaming utterance decoded piece by piece): the LM
+        starts from its state after them instead of the sentence start; the result holds the piece's
+        own words only.
         """
         if log_probs.ndim != 2 or log_probs.shape[1] != len(VOCAB):
             raise ValueError(f"log_probs must have shape (T, {len(VOCAB)}), got {log_probs.shape}")
@@ -196,6 +199,7 @@ class CTCBeamDecoder:
             # the LM can no longer tell them apart, so this costs n-best variety, not the top hypothesis
             # (pyctcdecode's own decode() does the same).
             prune_history=True,
+            lm_start_state=self._start_state(context),
         )
         # Each beam: (text, lm state, [(word, (start frame, end frame exclusive))], acoustic, total).
         _, _, word_frames, acoustic_logp, score = beams[0]
@@ -211,6 +215,17 @@ class CTCBeamDecoder:
                 words.append(WordTiming(piece, start * frame_s, end * frame_s))
         transcript = " ".join(w.word for w in words)
         return DecodeResult(transcript, words, float(score), float(acoustic_logp), confidence)
+
+    def _start_state(self, context: Sequence[str]) -> kenlm.State | None:
+        """The LM's state after the sentence start and `context` (its last order - 1 words are enough);
+        None (pyctcdecode's own start) without context or without an LM."""
+        lm = self._language_model
+        if not context or lm is None:
+            return None
+        state = lm.get_start_state()
+        for word in context[-(lm.order - 1):]:
+            _, state = lm.score(state, word)
+        return state
 
     def decode_batch(self, batch: Sequence[np.ndarray], frame_s: float) -> list[DecodeResult]:
         """`decode` for each utterance in turn (each (T_i, V), valid frames only)."""

@@ -52,6 +52,7 @@ from server.riva import RIVA_SERVICE, RivaASRServicer, add_riva_servicer
 from server.speech_ctc import TASK as SPEECH_TASK
 from server.speech_ctc import SpeechCTCModel
 from server.speech_service import ServedModel
+from server.stream_pieces import PieceOptions
 from server.streaming import TASK as STREAMING_TASK
 from server.streaming import ServedStreamingModel, StreamingModel, StreamLimits, StreamTracker
 from server.streaming_service import StreamingRecognizer, StreamingSpeechServicer
@@ -90,6 +91,7 @@ class ServerConfig:
     max_streams: int = 256  # open StreamingRecognize calls (every API); beyond: RESOURCE_EXHAUSTED
     max_stream_s: float = 300.0  # audio in one stream; beyond: OUT_OF_RANGE
     stream_idle_s: float = 30.0  # a stream with no message this long ends with OUT_OF_RANGE
+    stream_lm_lookahead_s: float = 1.0  # streaming LM finals: words commit with this much audio after them
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -106,8 +108,8 @@ class ServerConfig:
             raise ValueError("keepalive times must be > 0")
         if self.max_streams < 1 or self.max_stream_s <= 0 or self.stream_idle_s <= 0:
             raise ValueError("max_streams, max_stream_s and stream_idle_s must be positive")
-        if self.poll_repository_s < 0 or self.retire_after_s < 0:
-            raise ValueError("poll_repository_s and retire_after_s must be >= 0")
+        if self.poll_repository_s < 0 or self.retire_after_s < 0 or self.stream_lm_lookahead_s < 0:
+            raise ValueError("poll_repository_s, retire_after_s and stream_lm_lookahead_s must be >= 0")
         if self.max_queue_wait_ms is not None and self.max_queue_wait_ms <= 0:
             raise ValueError(f"max_queue_wait_ms must be > 0 (None: off), got {self.max_queue_wait_ms}")
         if self.shutdown_grace_s < 0:
@@ -195,7 +197,8 @@ class ServingContext:
 
 
 def _streaming(ctx: ServingContext, service: str) -> StreamingRecognizer:
-    limits = StreamLimits(max_stream_s=ctx.config.max_stream_s, max_idle_s=ctx.config.stream_idle_s)
+    limits = StreamLimits(max_stream_s=ctx.config.max_stream_s, max_idle_s=ctx.config.stream_idle_s,
+                          pieces=PieceOptions(lookahead_s=ctx.config.stream_lm_lookahead_s))
     return StreamingRecognizer(ctx.streaming, limits, ctx.streams, lambda: ctx.metrics.stream(service))
 
 

@@ -25,6 +25,7 @@ import concurrent.futures
 import logging
 import multiprocessing
 import threading
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
@@ -43,10 +44,12 @@ def _init_worker(spec: LMSpec) -> None:
     _worker_decoder = build_lm_decoder(spec)
 
 
-def _decode(log_probs: np.ndarray, frame_s: float, words: bool, max_alternatives: int) -> list[Hypothesis]:
+def _decode(log_probs: np.ndarray, frame_s: float, words: bool, max_alternatives: int,
+            context: tuple[str, ...]) -> list[Hypothesis]:
     if _worker_decoder is None:  # the initializer failed: the pool reports it as broken before this
         raise RuntimeError("the decode worker has no language model")
-    return _worker_decoder.decode(log_probs, frame_s, words=words, max_alternatives=max_alternatives)
+    return _worker_decoder.decode(log_probs, frame_s, words=words, max_alternatives=max_alternatives,
+                                  context=context)
 
 
 class PooledLMDecoder:
@@ -65,13 +68,14 @@ class PooledLMDecoder:
                                    initializer=_init_worker, initargs=(self.spec,))
 
     def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> Future[list[Hypothesis]]:
+               max_alternatives: int, context: Sequence[str] = ()) -> Future[list[Hypothesis]]:
         """The decode, running in a worker. A future that fails with BrokenProcessPool (a RuntimeError)
         restarts the pool."""
         with self._lock:
             pool = self._pool
         try:
-            future = pool.submit(_decode, np.ascontiguousarray(log_probs), frame_s, words, max_alternatives)
+            future = pool.submit(_decode, np.ascontiguousarray(log_probs), frame_s, words, max_alternatives,
+                                 tuple(context))
         except BrokenProcessPool:
             self._restart(pool)
             raise
@@ -79,8 +83,9 @@ class PooledLMDecoder:
         return future
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]:
-        return self.submit(log_probs, frame_s, words=words, max_alternatives=max_alternatives).result()
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]:
+        return self.submit(log_probs, frame_s, words=words, max_alternatives=max_alternatives,
+                           context=context).result()
 
     def _restart(self, broken: ProcessPoolExecutor) -> None:
         with self._lock:

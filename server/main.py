@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-stream-s", type=float, default=d.max_stream_s, help="audio per stream (default %(default)s)")
     p.add_argument("--stream-idle-s", type=float, default=d.stream_idle_s,
                    help="a stream silent this long is ended (default %(default)s)")
+    p.add_argument("--stream-lm-lookahead-s", type=float, default=d.stream_lm_lookahead_s,
+                   help="streaming finals with the LM are decoded while the audio streams, committing words "
+                        "once this much audio follows them; 0: each utterance whole at its end "
+                        "(default %(default)s)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.add_argument("--log-format", default="text", choices=LOG_FORMATS,
                    help="text lines or JSON lines (sizes, ids, codes, timings only; never content)")
@@ -117,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         tls_cert=args.tls_cert, tls_key=args.tls_key, keepalive_time_s=args.keepalive_time_s,
         keepalive_timeout_s=args.keepalive_timeout_s, poll_repository_s=args.poll_repository_s,
         retire_after_s=args.retire_after_s, max_streams=args.max_streams, max_stream_s=args.max_stream_s,
-        stream_idle_s=args.stream_idle_s)
+        stream_idle_s=args.stream_idle_s, stream_lm_lookahead_s=args.stream_lm_lookahead_s)
 
 
 def _announce(server: SpeechServer) -> None:

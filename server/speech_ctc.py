@@ -26,6 +26,7 @@ import dataclasses
 import math
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,13 +66,14 @@ class CTCDecoder(Protocol):
     """Turns one utterance's valid log-probs (T, V) into hypotheses, best first: `decode` blocks until they
     are ready; `submit` starts it and returns a future (at once done for decoders that run in the caller's
     thread, running elsewhere for the worker-process pool, server/decode_pool.py); `close` frees what the
-    decoder holds (the pool's processes) once its version is unloaded."""
+    decoder holds (the pool's processes) once its version is unloaded. `context`: the words decided
+    before these frames, for a streaming utterance decoded piece by piece (only an LM uses them)."""
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]: ...
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]: ...
 
     def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> Future[list[Hypothesis]]: ...
+               max_alternatives: int, context: Sequence[str] = ()) -> Future[list[Hypothesis]]: ...
 
     def close(self) -> None: ...
 
@@ -82,13 +84,14 @@ class InlineDecoder(ABC):
 
     @abstractmethod
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]: ...
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]: ...
 
     def submit(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> Future[list[Hypothesis]]:
+               max_alternatives: int, context: Sequence[str] = ()) -> Future[list[Hypothesis]]:
         future: Future[list[Hypothesis]] = Future()
         try:
-            future.set_result(self.decode(log_probs, frame_s, words=words, max_alternatives=max_alternatives))
+            future.set_result(self.decode(log_probs, frame_s, words=words, max_alternatives=max_alternatives,
+                                          context=context))
         except Exception as e:  # the caller gets it from result(), as from the pool's futures
             future.set_exception(e)
         return future
@@ -101,7 +104,7 @@ class GreedyDecoder(InlineDecoder):
     """Best path. Confidence: geometric mean over frames of the best token's probability."""
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]:
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]:
         confidence = math.exp(float(log_probs.max(axis=-1).mean())) if len(log_probs) else 0.0
         timings = tuple(greedy_word_timings(log_probs, frame_s)) if words else ()
         return [Hypothesis(greedy_decode(log_probs), confidence, timings)]
@@ -115,8 +118,8 @@ class BeamLMDecoder(InlineDecoder):
         self.decoder = decoder
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]:
-        result = self.decoder.decode(log_probs, frame_s)
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]:
+        result = self.decoder.decode(log_probs, frame_s, context)
         return [Hypothesis(result.transcript, result.confidence, tuple(result.words) if words else ())]
 
 

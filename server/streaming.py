@@ -15,12 +15,12 @@ function: it stacks the states of whichever streams' chunks are waiting into one
 Endpointing (server/endpointing.py) is an energy VAD on the audio: after speech, `silence_ms` of silence
 ends an utterance, and its final result comes as soon as the engine has emitted the frames up to there.
 Interim results are greedy; finals use beam search + the model's LM when it has one (unless asked for
-greedy). Logs never carry audio or text.
+greedy), decoded piece by piece while the audio streams (server/stream_pieces.py), so the work left when
+the audio ends is the last second or so. Logs never carry audio or text.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import math
@@ -40,6 +40,7 @@ from server.batcher import DynamicBatcher
 from server.endpointing import EndpointOptions, EnergyEndpointer
 from server.errors import RequestError, invalid_argument, out_of_range
 from server.speech_ctc import CTCDecoder, GreedyDecoder, Hypothesis, load_lm_decoder
+from server.stream_pieces import PieceOptions, UtterancePieces
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +202,7 @@ class StreamLimits:
     max_stream_s: float = 300.0
     max_message_s: float = 5.0  # audio in one message
     max_idle_s: float = 30.0  # longest wait for the client's next message
+    pieces: PieceOptions = field(default_factory=PieceOptions)  # LM finals decoded while the audio streams
 
 
 @dataclass(frozen=True)
@@ -259,6 +261,13 @@ class RecognitionStream:
         self._finals = 0
         self._endpointer = EnergyEndpointer(options.endpointing, self._rate)
         self._cuts: list[int] = []  # utterance ends, as output-frame indices
+        use_lm = model.lm_decoder is not None if options.use_lm is None else options.use_lm
+        self._final_decoder = model.lm_decoder if use_lm and model.lm_decoder is not None else model.greedy
+        self._pieces = self._new_pieces(0)
+
+    def _new_pieces(self, start_frame: int) -> UtterancePieces:
+        piece_options = self.limits.pieces if self._final_decoder is not self.model.greedy else PieceOptions(0.0)
+        return UtterancePieces(self._final_decoder, self.model.spec.frame_s, start_frame, piece_options)
 
     def _decode_bytes(self, data: bytes) -> np.ndarray:
         width = 2 if self.options.encoding == "pcm16" else 4
@@ -333,6 +342,8 @@ class RecognitionStream:
             self._seg_rows.append(out.log_probs)
             self._next_frame = out.first_frame + len(out.log_probs)
             results += await self._endpoint_results()
+            if not self._finished:
+                self._pieces.offer(self._seg_rows, self._next_frame, self._cuts[0] if self._cuts else None)
             if self.options.interim_results and not self._finished:
                 interim = self._interim()
                 if interim is not None:
@@ -371,16 +382,18 @@ class RecognitionStream:
     async def _final(self, end: int) -> StreamResult:
         """Final result for the utterance's frames up to `end`; the next utterance starts there."""
         rows = self._segment(end)
-        use_lm = self.model.lm_decoder is not None if self.options.use_lm is None else self.options.use_lm
-        decoder = self.model.lm_decoder if use_lm and self.model.lm_decoder is not None else self.model.greedy
+        alternatives = max(1, self.options.max_alternatives)
+        hyps = await self._pieces.final(rows, end, words=self.options.words, max_alternatives=alternatives)
         frame_s = self.model.spec.frame_s
-        hyps = await asyncio.to_thread(decoder.decode, rows, frame_s, words=self.options.words,
-                                       max_alternatives=max(1, self.options.max_alternatives))
-        result = StreamResult(tuple(self._shift(h) for h in hyps[: max(1, self.options.max_alternatives)]),
-                              True, 1.0, self._seg_start * frame_s, end * frame_s)
+        result = StreamResult(tuple(hyps[:alternatives]), True, 1.0, self._seg_start * frame_s, end * frame_s)
         self._seg_start, self._last_interim = end, ""
+        self._pieces = self._new_pieces(end)
         self._finals += 1
         return result
+
+    def close(self) -> None:
+        """The stream ended (or was abandoned): drop its background decode, if one is running."""
+        self._pieces.cancel()
 
     def _shift(self, hyp: Hypothesis) -> Hypothesis:
         offset_s = self._seg_start * self.model.spec.frame_s

@@ -121,6 +121,7 @@ class StreamingRecognizer:
                 on_version.enter_context(served.stream())  # a retired version waits for this stream's end
                 stream = RecognitionStream(served.model, served.batcher.submit, start.options, self.limits,
                                            request_id)
+                on_version.callback(stream.close)  # first: a background decode left is dropped
                 while (request := await self._next(messages)) is not None:
                     results = await stream.feed(protocol.audio(request))
                     for response in protocol.respond(results, stream):

@@ -94,6 +94,14 @@ def test_lm_fixes_an_acoustically_ambiguous_word(lm_dir: Path, lm_decoder: CTCBe
     assert lm_decoder.decode(_spell("the dog was sad"), FRAME_S).transcript == "the dog was sad"
 
 
+def test_context_words_start_the_lm_where_an_earlier_piece_left_it(lm_decoder: CTCBeamDecoder) -> None:
+    # "sa?" with 'd' at 0.5 and 't' at 0.4: after "the cat" the LM says "sat", after "the dog was" "sad"
+    piece = _spell("sat", ambiguous={2: {"d": 0.5, "t": 0.4}})
+    assert lm_decoder.decode(piece, FRAME_S, context=("the", "cat")).transcript == "sat"
+    assert lm_decoder.decode(piece, FRAME_S, context=("the", "dog", "was")).transcript == "sad"
+    assert CTCBeamDecoder().decode(piece, FRAME_S, context=("the", "cat")).transcript == "sad"  # no LM: no effect
+
+
 def test_word_timings_are_seconds_in_order_inside_the_utterance(lm_decoder: CTCBeamDecoder) -> None:
     log_probs = _spell("the cat sat on the mat", frames_per_char=2)
     duration_s = log_probs.shape[0] * FRAME_S

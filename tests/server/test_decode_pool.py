@@ -52,6 +52,10 @@ def test_pool_gives_the_in_process_hypotheses_and_survives_a_dead_worker(lm_repo
         pool.warm_up()
         futures = [pool.submit(r, 0.03, words=True, max_alternatives=1) for r in rows]  # all at once
         assert [f.result(timeout=30) for f in futures] == want
+        context = ("the", "dog", "was")  # an earlier piece's words reach the worker's LM
+        in_context = [model.lm_decoder.decode(r, 0.03, words=True, max_alternatives=1, context=context) for r in rows]
+        assert in_context != want
+        assert [pool.decode(r, 0.03, words=True, max_alternatives=1, context=context) for r in rows] == in_context
         pids = list(pool._pool._processes)  # the two workers warm_up started
         assert len(pids) == 2
         os.kill(pids[0], signal.SIGKILL)

@@ -263,7 +263,8 @@ def streaming_lm_repo(streaming_repo: Path, lm_repo: Path, tmp_path: Path) -> Pa
 
 
 async def test_finals_use_the_lm_and_interims_stay_greedy(start: StartServer, streaming_lm_repo: Path) -> None:
-    server = await start(repo=streaming_lm_repo)
+    # the utterance decoded whole at its end (piece by piece it is server/stream_pieces.py's tests)
+    server = await start(repo=streaming_lm_repo, stream_lm_lookahead_s=0.0)
     model = server.streaming["speech_ctc_streaming"][1].model
     assert model.lm_decoder is not None
     clip = make_clip(2.3, seed=4)
