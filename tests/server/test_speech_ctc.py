@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 import numpy as np
 import pytest
@@ -119,7 +121,7 @@ class FakeLM(InlineDecoder):
         self.calls, self.fail_on = 0, fail_on
 
     def decode(self, log_probs: np.ndarray, frame_s: float, *, words: bool,
-               max_alternatives: int) -> list[Hypothesis]:
+               max_alternatives: int, context: Sequence[str] = ()) -> list[Hypothesis]:
         self.calls += 1
         if self.calls - 1 == self.fail_on:
             raise ValueError("decoder failed")
