@@ -2,6 +2,7 @@
 
     python bench/speech_roofline.py                  # bundled speech_ctc, 1 ORT thread, ~1 min quiet
     python bench/speech_roofline.py --batch-sizes 1,8 --seconds 2
+    python bench/speech_roofline.py --random-preset ds2 --seconds 2 --batch-sizes 1,4,16,32   # DS2 size, ~1.5 min
 
 Batching pays when one run of a batch does the batch's arithmetic faster than the runs of its items
 one at a time: on a GPU (or a CPU at batch 1 held up by memory bandwidth), a batch turns matrix-vector
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repo", type=Path, default=ROOT / "model_repository")
     p.add_argument("--model", default="speech_ctc")
     p.add_argument("--version", type=int, default=0, help="0: the highest")
+    p.add_argument("--random-preset", default=None, metavar="PRESET",
+                   help="export this models.speech_ctc preset with seeded random weights instead of --repo "
+                        "(the cost does not depend on the weights; needs torch)")
     p.add_argument("--intra-op-threads", type=int, default=1)
     p.add_argument("--batch-sizes", default="1,2,4,8,16,32")
     p.add_argument("--seconds", type=float, default=4.0, help="clip length")
@@ -186,7 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         print("bench/speech_roofline.py: error: threads, seconds and batch sizes must be positive", file=sys.stderr)
         return 1
     machine = speech_bench.machine_info()
-    folder = version_dir(args.repo, args.model, args.version or None)
+    with tempfile.TemporaryDirectory(prefix="nui-roofline-") as tmp:
+        repo = args.repo
+        if args.random_preset is not None:
+            repo = Path(tmp) / "repo"
+            speech_bench.publish_random_model(args.random_preset, repo, args.model, seed=0)
+        return _run(args, argv, machine, version_dir(repo, args.model, args.version or None), Path(tmp))
+
+
+def _run(args: argparse.Namespace, argv: list[str], machine: dict[str, Any], folder: Path, tmp: Path) -> int:
+    batches = [int(b) for b in args.batch_sizes.split(",")]
     manifest = read_manifest(folder)
     version = int(folder.name)
     rate = int(manifest.config["sample_rate_hz"])
@@ -194,16 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     peak = gemm_peak(args.intra_op_threads, args.min_measure_s)
     rows: list[Row] = []
     split: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="nui-roofline-") as tmp:
-        for batch in tqdm(batches, desc="batch sizes", unit="size"):
-            cpu, wall, flops, by_op = measure_engine(folder / "model.onnx", args.intra_op_threads, batch, samples,
-                                                     args.min_measure_s, Path(tmp))
-            rate_gflops = flops / wall / 1e9
-            base = rows[0].wall_ms_per_clip if rows else wall * 1e3 / batch
-            rows.append(Row(batch, cpu * 1e3 / batch, wall * 1e3 / batch, flops / batch / 1e9, rate_gflops,
-                            rate_gflops / peak, base / (wall * 1e3 / batch)))
-            if batch == batches[0]:
-                split = {op: f / flops for op, f in by_op.items()}
+    for batch in tqdm(batches, desc="batch sizes", unit="size"):
+        cpu, wall, flops, by_op = measure_engine(folder / "model.onnx", args.intra_op_threads, batch, samples,
+                                                 args.min_measure_s, tmp)
+        rate_gflops = flops / wall / 1e9
+        base = rows[0].wall_ms_per_clip if rows else wall * 1e3 / batch
+        rows.append(Row(batch, cpu * 1e3 / batch, wall * 1e3 / batch, flops / batch / 1e9, rate_gflops,
+                        rate_gflops / peak, base / (wall * 1e3 / batch)))
+        if batch == batches[0]:
+            split = {op: f / flops for op, f in by_op.items()}
     print(f"ONNX Runtime fp32 GEMM peak, {args.intra_op_threads} thread(s): {peak:.1f} GFLOP/s")
     print(f"{args.model} v{version}, {args.seconds:g} s clip: counted work by op "
           + ", ".join(f"{op} {share:.0%}" for op, share in sorted(split.items(), key=lambda kv: -kv[1])))
@@ -219,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "speech_roofline", "command": shlex.join(["python", "bench/speech_roofline.py", *argv]),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "machine": {**machine, "load_average_at_end": list(os.getloadavg())},
-        "model": {"name": args.model, "version": version, "precision": manifest.precision},
+        "model": {"name": args.model, "version": version, "precision": manifest.precision,
+                  "random_preset": args.random_preset, "config": manifest.config},
         "intra_op_threads": args.intra_op_threads, "clip_s": args.seconds,
         "gemm_peak_gflop_per_s": peak, "flops_share_by_op": split, "speedup_ceiling": ceiling,
         "rows": [asdict(r) for r in rows],
