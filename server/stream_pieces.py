@@ -13,6 +13,10 @@ the utterance `final` decodes only the frames after the last commit.
     pieces.offer(seg_rows, next_frame)              # after each chunk: maybe starts a background decode
     [hyp] = await pieces.final(rows, end_frame, words=True, max_alternatives=1)  # times from the stream start
 
+Background decodes are capped per decoder across all streams at one per decode worker: a final never
+queues behind more than that, and when the CPU runs short and decodes slow down, streams skip pieces
+instead of piling work on (their finals then decode more, as without pieces).
+
 The transcript is the committed words followed by the last piece's; its confidence is the product of
 the pieces' (each the best hypothesis' posterior among its decode's final beams). A failed background
 decode commits nothing: the final then decodes more frames.
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +52,28 @@ class _Piece:
     start: int  # absolute frame the decode started at
     end: int  # absolute frame it decoded up to (exclusive)
     hyp: Hypothesis  # word times from `start`
+
+
+class _Running:
+    """Background decodes running per decoder, across all streams: at most one per decode worker (one for an
+    in-process decoder), so a final never queues behind more than that, and when the CPU is short and
+    decodes slow down, streams stop starting them (their finals then decode more, as without pieces)."""
+
+    def __init__(self) -> None:
+        self._counts: weakref.WeakKeyDictionary[CTCDecoder, int] = weakref.WeakKeyDictionary()
+
+    def try_start(self, decoder: CTCDecoder) -> bool:
+        count = self._counts.get(decoder, 0)
+        if count >= max(1, int(getattr(decoder, "workers", 1))):
+            return False
+        self._counts[decoder] = count + 1
+        return True
+
+    def done(self, decoder: CTCDecoder) -> None:
+        self._counts[decoder] -= 1
+
+
+_RUNNING = _Running()
 
 
 class UtterancePieces:
@@ -80,8 +107,12 @@ class UtterancePieces:
             self._apply(self._take_result(), limit)
         if next_frame - self.piece_start < self._lookahead + self._step:
             return
+        if not _RUNNING.try_start(self.decoder):
+            return
         rows = np.concatenate(seg_rows)[self.piece_start - self.start: next_frame - self.start]
         self._task = asyncio.create_task(self._decode(self.piece_start, next_frame, rows))
+        decoder = self.decoder
+        self._task.add_done_callback(lambda _: _RUNNING.done(decoder))  # also when cancelled before it ran
 
     async def _decode(self, start: int, end: int, rows: np.ndarray) -> _Piece:
         [hyp, *_] = await asyncio.to_thread(self.decoder.decode, rows, self.frame_s, words=True, max_alternatives=1,

@@ -47,6 +47,7 @@ async def _stream(pieces: UtterancePieces, rows: np.ndarray, start: int = 0, lim
     for i in range(0, len(rows), CHUNK):
         seg.append(rows[i: i + CHUNK])
         pieces.offer(seg, start + i + len(seg[-1]), limit)
+        await asyncio.sleep(0)  # the server awaits the next chunk between offers
         while pieces.busy:
             await asyncio.sleep(0.001)
 
@@ -107,3 +108,34 @@ async def test_lookahead_zero_decodes_the_utterance_once_at_its_end(beam: CTCBea
     assert decoder.frames == [len(rows)] and hyp.transcript == SENTENCE
     with pytest.raises(ValueError, match="lookahead_s"):
         PieceOptions(lookahead_s=-1.0)
+
+
+async def test_background_decodes_are_capped_per_decoder_across_streams(beam: CTCBeamDecoder) -> None:
+    import threading
+
+    release = threading.Event()
+
+    class Slow(Recording):
+        workers = 2  # a decode pool of two processes
+
+        def decode(self, *args: object, **kwargs: object) -> list[Hypothesis]:  # type: ignore[override]
+            release.wait(10)
+            return super().decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    decoder = Slow(beam)
+    rows = _spell(SENTENCE)
+    streams = [UtterancePieces(decoder, FRAME_S, 0, PieceOptions()) for _ in range(3)]
+    for pieces in streams:
+        pieces.offer([rows], len(rows))
+    assert [p.busy for p in streams] == [True, True, False]  # the third stream waits for a free worker
+    streams[0].cancel()
+    for _ in range(100):  # the cancellation and the task's done callbacks take a few loop turns
+        await asyncio.sleep(0.001)
+        streams[2].offer([rows], len(rows))
+        if streams[2].busy:
+            break
+    assert streams[2].busy  # the cancelled decode's slot is free again
+    release.set()
+    for pieces in streams[1:]:
+        [hyp] = await pieces.final(rows, len(rows), words=False, max_alternatives=1)
+        assert hyp.transcript == SENTENCE
