@@ -98,6 +98,8 @@ async def test_start_fails_fast_on_a_bad_repository(tmp_path: Path) -> None:
 def test_config_validation(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="port"):
         ServerConfig(repo=tmp_path, port=70000)
+    with pytest.raises(ValueError, match="stream_lm_lookahead_s"):
+        ServerConfig(repo=tmp_path, stream_lm_lookahead_s=-0.5)
 
 
 def test_nui_serve_process_starts_and_stops_on_sigterm(tiny_repo: Path) -> None:
