@@ -223,7 +223,7 @@ class CTCBeamDecoder:
         if not context or lm is None:
             return None
         state = lm.get_start_state()
-        for word in context[-(lm.order - 1):]:
+        for word in context[max(0, len(context) - (lm.order - 1)):]:  # none for a unigram LM
             _, state = lm.score(state, word)
         return state
 
