@@ -98,18 +98,14 @@ def profiled_flops(profile: Path) -> tuple[float, dict[str, float]]:
     return sum(by_op.values()), dict(by_op)
 
 
-def _cpu_s() -> float:
-    return time.process_time()
-
-
 def _timed(session: ort.InferenceSession, feeds: dict[str, np.ndarray], min_s: float) -> tuple[float, float]:
     """CPU and wall seconds per run, over at least `min_s` of runs (after one warm-up)."""
     session.run(None, feeds)
-    runs, cpu0, wall0 = 0, _cpu_s(), time.perf_counter()
+    runs, cpu0, wall0 = 0, time.process_time(), time.perf_counter()
     while time.perf_counter() - wall0 < min_s or runs < 3:
         session.run(None, feeds)
         runs += 1
-    return (_cpu_s() - cpu0) / runs, (time.perf_counter() - wall0) / runs
+    return (time.process_time() - cpu0) / runs, (time.perf_counter() - wall0) / runs
 
 
 def gemm_peak(threads: int, min_s: float) -> float:

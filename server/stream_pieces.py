@@ -155,16 +155,15 @@ class UtterancePieces:
             await asyncio.wait([self._task])
             self._apply(self._take_result(), end)
         rest = rows[max(0, self.piece_start - self.start): max(0, end - self.start)]
-        hyps = await asyncio.to_thread(self.decoder.decode, rest, self.frame_s, words=True,
+        hyps = await asyncio.to_thread(self.decoder.decode, rest, self.frame_s, words=words,
                                        max_alternatives=max_alternatives, context=self._context())
         offset = self.piece_start * self.frame_s
-        out = []
-        for hyp in hyps:
-            tail = [WordTiming(w.word, w.start_s + offset, w.end_s + offset) for w in hyp.words]
-            all_words = [*self.committed, *tail]
-            transcript = " ".join(w for w in (" ".join(x.word for x in self.committed), hyp.transcript) if w)
-            out.append(Hypothesis(transcript, self.confidence * hyp.confidence, tuple(all_words) if words else ()))
-        return out
+        prefix = " ".join(self._context())
+        committed = tuple(self.committed) if words else ()
+        return [Hypothesis(f"{prefix} {hyp.transcript}".strip(), self.confidence * hyp.confidence,
+                           committed + tuple(WordTiming(w.word, w.start_s + offset, w.end_s + offset)
+                                             for w in hyp.words))
+                for hyp in hyps]
 
     def cancel(self) -> None:
         """Drop a background decode still running (the stream ended without a final)."""
